@@ -1,0 +1,1 @@
+//! fsqlite-mvcc

@@ -1,0 +1,40 @@
+//! # fsqlite-vfs
+//!
+//! The file abstraction under the fsqlite WAL: the [`Vfs`] / [`VfsFile`] traits (SQLite's
+//! `sqlite3_vfs` / `sqlite3_io_methods`, shared-memory calls included) and two
+//! implementations:
+//!
+//! - [`MemoryVfs`]: files in memory that keep a *durable* image and the writes made since
+//!   the last sync, so a test can **simulate a crash** (drop, keep a seeded subset of, or
+//!   tear the unsynced writes) and **inject faults** on a schedule.
+//! - [`UnixVfs`]: `pread`/`pwrite`, `fsync`/`fdatasync`, SQLite's lock bytes taken with
+//!   Linux open-file-description locks, and the `-shm` mapped with `memmap2`, so a real
+//!   SQLite process on the same files is simply another connection.
+//!
+//! ```
+//! use fsqlite_types::{Cx, VfsOpenFlags};
+//! use fsqlite_vfs::{MemoryVfs, Vfs, VfsFile};
+//! use std::path::Path;
+//!
+//! let cx = Cx::new();
+//! let vfs = MemoryVfs::new();
+//! let flags = VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE | VfsOpenFlags::MAIN_DB;
+//! let (mut f, _) = vfs.open(&cx, Some(Path::new("/db")), flags).unwrap();
+//! f.write(&cx, b"hello", 0).unwrap();
+//! let mut buf = [0u8; 8];
+//! assert_eq!(f.read(&cx, &mut buf, 0).unwrap(), 5);
+//! assert_eq!(&buf, b"hello\0\0\0");
+//! ```
+
+pub mod memory;
+pub mod shm;
+pub mod traits;
+pub mod unix;
+
+pub use memory::MemoryVfs;
+pub use shm::{
+    SHM_EXCLUSIVE, SHM_LOCK, SHM_NLOCK, SHM_REGION_SIZE, SHM_SHARED, SHM_UNLOCK, ShmRegion,
+    WAL_CKPT_LOCK, WAL_READ_LOCK_BASE, WAL_RECOVER_LOCK, WAL_WRITE_LOCK, wal_read_lock,
+};
+pub use traits::{Vfs, VfsFile};
+pub use unix::UnixVfs;

@@ -1,0 +1,147 @@
+//! The `Vfs` and `VfsFile` traits: SQLite's `sqlite3_vfs` and `sqlite3_io_methods`.
+//!
+//! One-sentence contracts, as callers may rely on them:
+//! - `read` fills `buf` from `offset`; on a short read (end of file) it zero-fills the rest
+//!   and returns the number of bytes really read.
+//! - `write` writes all of `buf` at `offset`, extending the file (with zeros) if needed.
+//! - `sync` makes every earlier write durable; an `Err` means *nothing* since the last
+//!   successful sync may be assumed durable (and may already have been dropped).
+//! - `lock`/`unlock` move the database-file lock between SQLite's levels using SQLite's
+//!   lock bytes; a conflict is `Err(Busy)`, never a wait.
+//! - The shm calls act on `<path>-shm` (see [`crate::shm`]): `shm_map` returns region
+//!   `region` of `size` bytes, or `None` when the region does not exist and `extend` is
+//!   false; `shm_lock` takes SQLite's lock indices and flags; a conflict is `Err(Busy)`.
+
+use std::path::{Path, PathBuf};
+
+use fsqlite_error::Result;
+use fsqlite_types::{AccessFlags, Cx, LockLevel, SyncFlags, VfsOpenFlags};
+
+use crate::shm::ShmRegion;
+
+/// A file system: SQLite's `sqlite3_vfs`.
+pub trait Vfs: Send + Sync {
+    /// The file type this VFS opens.
+    type File: VfsFile;
+
+    /// A short name (`"memory"`, `"unix"`).
+    fn name(&self) -> &'static str;
+
+    /// Opens (or creates) a file; returns the handle and the flags actually used.
+    /// `path == None` opens an anonymous temporary file.
+    fn open(
+        &self,
+        cx: &Cx,
+        path: Option<&Path>,
+        flags: VfsOpenFlags,
+    ) -> Result<(Self::File, VfsOpenFlags)>;
+
+    /// Deletes a file; with `sync_dir` the directory entry removal is made durable.
+    fn delete(&self, cx: &Cx, path: &Path, sync_dir: bool) -> Result<()>;
+
+    /// Tests existence (`AccessFlags::EXISTS`) or permission.
+    fn access(&self, cx: &Cx, path: &Path, flags: AccessFlags) -> Result<bool>;
+
+    /// The absolute, canonical form of `path`.
+    fn full_pathname(&self, cx: &Cx, path: &Path) -> Result<PathBuf>;
+
+    /// Fills `buf` with random bytes (WAL salts). Deterministic on a seeded `MemoryVfs`.
+    fn randomness(&self, buf: &mut [u8]) {
+        fallback_randomness(buf);
+    }
+
+    /// The current process id as the VFS sees it (a `MemoryVfs` may fake it).
+    fn current_pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
+/// Random bytes from the clock, the pid and a counter, for VFSes without a better source.
+pub fn fallback_randomness(buf: &mut [u8]) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ COUNTER.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    for chunk in buf.chunks_mut(8) {
+        // splitmix64
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let bytes = z.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+}
+
+/// An open file: SQLite's `sqlite3_io_methods`.
+pub trait VfsFile: Send + Sync {
+    /// Reads into `buf` from `offset`; returns the bytes read and zero-fills the rest.
+    fn read(&self, cx: &Cx, buf: &mut [u8], offset: u64) -> Result<usize>;
+
+    /// Writes all of `buf` at `offset`.
+    fn write(&mut self, cx: &Cx, buf: &[u8], offset: u64) -> Result<()>;
+
+    /// Sets the file size.
+    fn truncate(&mut self, cx: &Cx, size: u64) -> Result<()>;
+
+    /// Makes earlier writes durable (`fsync`, or `fdatasync` with `DATAONLY`).
+    fn sync(&mut self, cx: &Cx, flags: SyncFlags) -> Result<()>;
+
+    /// The file size in bytes.
+    fn file_size(&self, cx: &Cx) -> Result<u64>;
+
+    /// Raises the database-file lock to `level` (SQLite's lock bytes).
+    fn lock(&mut self, cx: &Cx, level: LockLevel) -> Result<()>;
+
+    /// Lowers the database-file lock to `level` (`Shared` or `None`).
+    fn unlock(&mut self, cx: &Cx, level: LockLevel) -> Result<()>;
+
+    /// True when some connection holds RESERVED or higher.
+    fn check_reserved_lock(&self, cx: &Cx) -> Result<bool>;
+
+    /// The sector size in bytes (SQLite's `xSectorSize`).
+    fn sector_size(&self) -> u32 {
+        4096
+    }
+
+    /// SQLite's `SQLITE_IOCAP_*` bits.
+    fn device_characteristics(&self) -> u32 {
+        0
+    }
+
+    /// Maps region `region` (of `size` bytes, normally 32768) of `<path>-shm`.
+    fn shm_map(
+        &mut self,
+        cx: &Cx,
+        region: u32,
+        size: u32,
+        extend: bool,
+    ) -> Result<Option<ShmRegion>>;
+
+    /// Takes or releases shm locks `offset..offset+n` (SQLite's indices and flags).
+    fn shm_lock(&mut self, cx: &Cx, offset: u32, n: u32, flags: u32) -> Result<()>;
+
+    /// A full memory fence between shm accesses.
+    fn shm_barrier(&self) {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Unmaps the shm of this handle; `delete` also removes `<path>-shm`.
+    fn shm_unmap(&mut self, cx: &Cx, delete: bool) -> Result<()>;
+}
+
+/// `SQLITE_IOCAP_*` device-characteristic bits.
+pub mod iocap {
+    pub const ATOMIC: u32 = 0x0000_0001;
+    pub const ATOMIC512: u32 = 0x0000_0002;
+    pub const ATOMIC4K: u32 = 0x0000_0010;
+    pub const SAFE_APPEND: u32 = 0x0000_0200;
+    pub const SEQUENTIAL: u32 = 0x0000_0400;
+    pub const UNDELETABLE_WHEN_OPEN: u32 = 0x0000_0800;
+    pub const POWERSAFE_OVERWRITE: u32 = 0x0000_1000;
+}

@@ -1,0 +1,4 @@
+//! placeholder, replaced by the unix VFS implementation.
+/// Unix VFS (being implemented).
+#[derive(Debug, Default)]
+pub struct UnixVfs;
