@@ -1,1 +1,98 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's own automation.
+//!
+//! | command | what it does |
+//! |---|---|
+//! | `ci` | exactly what `.ci/run` runs: fmt check, clippy, the workspace tests, loom smoke |
+//! | `loom [--bound N]` | the loom models (release, `--cfg loom`, bounded preemptions) |
+//!
+//! Long runs live here, never in CI: each takes a budget and writes its figures.
+
+use std::env;
+use std::process::{Command, ExitCode};
+
+/// The loom test targets, as `(package, test target)`.
+const LOOM_TARGETS: &[(&str, &str)] = &[("fsqlite-types", "")];
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn loom(bound: u32) -> Result<(), String> {
+    let target_dir = env::var("XTASK_LOOM_TARGET_DIR").unwrap_or_else(|_| "target/loom".into());
+    for (pkg, test) in LOOM_TARGETS {
+        let mut c = cargo();
+        c.args(["test", "--release", "-p", pkg]);
+        if test.is_empty() {
+            c.arg("--lib");
+        } else {
+            c.args(["--test", test]);
+        }
+        c.env("RUSTFLAGS", "--cfg loom")
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("LOOM_MAX_PREEMPTIONS", bound.to_string())
+            .env("LOOM_MAX_BRANCHES", "10000");
+        run(&mut c)?;
+    }
+    Ok(())
+}
+
+fn ci() -> Result<(), String> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["test", "--workspace"]))?;
+    loom(2)
+}
+
+fn usage() -> String {
+    "usage: cargo xtask <ci | loom [--bound N]>".to_string()
+}
+
+fn parse_flag(args: &[String], name: &str) -> Result<Option<u64>, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => {
+            let v = args
+                .get(i + 1)
+                .ok_or_else(|| format!("{name} needs a value"))?;
+            v.parse()
+                .map(Some)
+                .map_err(|_| format!("{name} takes a whole number, got {v:?}"))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("loom") => parse_flag(&args, "--bound")
+            .and_then(|b| loom(u32::try_from(b.unwrap_or(2)).unwrap_or(2))),
+        _ => Err(usage()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
