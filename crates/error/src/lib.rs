@@ -67,42 +67,42 @@ impl ErrorCode {
 /// SQLite's extended result codes that this crate produces.
 pub mod extended {
     /// `SQLITE_BUSY_RECOVERY`
-    pub const BUSY_RECOVERY: i32 = 5 | (1 << 8);
+    pub const BUSY_RECOVERY: i32 = 261;
     /// `SQLITE_BUSY_SNAPSHOT`
-    pub const BUSY_SNAPSHOT: i32 = 5 | (2 << 8);
+    pub const BUSY_SNAPSHOT: i32 = 517;
     /// `SQLITE_BUSY_TIMEOUT`
-    pub const BUSY_TIMEOUT: i32 = 5 | (3 << 8);
+    pub const BUSY_TIMEOUT: i32 = 773;
     /// `SQLITE_IOERR_READ`
-    pub const IOERR_READ: i32 = 10 | (1 << 8);
+    pub const IOERR_READ: i32 = 266;
     /// `SQLITE_IOERR_SHORT_READ`
-    pub const IOERR_SHORT_READ: i32 = 10 | (2 << 8);
+    pub const IOERR_SHORT_READ: i32 = 522;
     /// `SQLITE_IOERR_WRITE`
-    pub const IOERR_WRITE: i32 = 10 | (3 << 8);
+    pub const IOERR_WRITE: i32 = 778;
     /// `SQLITE_IOERR_FSYNC`
-    pub const IOERR_FSYNC: i32 = 10 | (4 << 8);
+    pub const IOERR_FSYNC: i32 = 1034;
     /// `SQLITE_IOERR_TRUNCATE`
-    pub const IOERR_TRUNCATE: i32 = 10 | (6 << 8);
+    pub const IOERR_TRUNCATE: i32 = 1546;
     /// `SQLITE_IOERR_FSTAT`
-    pub const IOERR_FSTAT: i32 = 10 | (7 << 8);
+    pub const IOERR_FSTAT: i32 = 1802;
     /// `SQLITE_IOERR_LOCK`
-    pub const IOERR_LOCK: i32 = 10 | (15 << 8);
+    pub const IOERR_LOCK: i32 = 3850;
     /// `SQLITE_IOERR_DELETE`
-    pub const IOERR_DELETE: i32 = 10 | (10 << 8);
+    pub const IOERR_DELETE: i32 = 2570;
     /// `SQLITE_IOERR_SHMOPEN`
-    pub const IOERR_SHMOPEN: i32 = 10 | (18 << 8);
+    pub const IOERR_SHMOPEN: i32 = 4618;
     /// `SQLITE_IOERR_SHMSIZE`
-    pub const IOERR_SHMSIZE: i32 = 10 | (19 << 8);
+    pub const IOERR_SHMSIZE: i32 = 4874;
     /// `SQLITE_IOERR_SHMLOCK`
-    pub const IOERR_SHMLOCK: i32 = 10 | (20 << 8);
+    pub const IOERR_SHMLOCK: i32 = 5130;
     /// `SQLITE_IOERR_SHMMAP`
-    pub const IOERR_SHMMAP: i32 = 10 | (21 << 8);
+    pub const IOERR_SHMMAP: i32 = 5386;
     /// `SQLITE_IOERR_DIR_FSYNC`
-    pub const IOERR_DIR_FSYNC: i32 = 10 | (5 << 8);
+    pub const IOERR_DIR_FSYNC: i32 = 1290;
     /// `SQLITE_CORRUPT_VTAB` is not used; `SQLITE_CANTOPEN_NOTEMPDIR` likewise.
     /// `SQLITE_READONLY_RECOVERY`
-    pub const READONLY_RECOVERY: i32 = 8 | (1 << 8);
+    pub const READONLY_RECOVERY: i32 = 264;
     /// `SQLITE_READONLY_CANTINIT`
-    pub const READONLY_CANTINIT: i32 = 8 | (5 << 8);
+    pub const READONLY_CANTINIT: i32 = 1288;
 }
 
 /// Every error the fsqlite crates return.

@@ -27,6 +27,7 @@
 //! ```
 
 pub mod memory;
+mod os;
 pub mod shm;
 pub mod traits;
 pub mod unix;
@@ -37,4 +38,4 @@ pub use shm::{
     WAL_CKPT_LOCK, WAL_READ_LOCK_BASE, WAL_RECOVER_LOCK, WAL_WRITE_LOCK, wal_read_lock,
 };
 pub use traits::{Vfs, VfsFile};
-pub use unix::UnixVfs;
+pub use unix::{KillHook, KillOp, UnixFile, UnixVfs};
