@@ -108,10 +108,13 @@ pub struct ShmRegion {
 impl std::fmt::Debug for ShmRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShmRegion")
-            .field("kind", &match self.backing {
-                Backing::Heap(_) => "heap",
-                Backing::Mmap { .. } => "mmap",
-            })
+            .field(
+                "kind",
+                &match self.backing {
+                    Backing::Heap(_) => "heap",
+                    Backing::Mmap { .. } => "mmap",
+                },
+            )
             .field("len", &self.len())
             .finish()
     }
@@ -133,7 +136,10 @@ impl ShmRegion {
     pub(crate) fn from_mmap(map: Arc<memmap2::MmapRaw>, offset: usize, len: usize) -> Option<Self> {
         let words = len / 4;
         let end = offset.checked_add(words * 4)?;
-        if end > map.len() || offset % 4 != 0 || (map.as_ptr() as usize) % 4 != 0 {
+        if end > map.len()
+            || !offset.is_multiple_of(4)
+            || !(map.as_ptr() as usize).is_multiple_of(4)
+        {
             return None;
         }
         Some(Self {
@@ -159,8 +165,12 @@ impl ShmRegion {
         match (&self.backing, &other.backing) {
             (Backing::Heap(a), Backing::Heap(b)) => Arc::ptr_eq(a, b),
             (
-                Backing::Mmap { map: a, offset: oa, .. },
-                Backing::Mmap { map: b, offset: ob, .. },
+                Backing::Mmap {
+                    map: a, offset: oa, ..
+                },
+                Backing::Mmap {
+                    map: b, offset: ob, ..
+                },
             ) => Arc::ptr_eq(a, b) && oa == ob,
             _ => false,
         }
@@ -171,7 +181,10 @@ impl ShmRegion {
     /// # Panics
     /// On a misaligned or out-of-range offset (a caller bug, never input-driven).
     pub fn atomic_u32(&self, byte_off: usize) -> &AtomicU32 {
-        assert!(byte_off % 4 == 0, "misaligned shm word offset {byte_off}");
+        assert!(
+            byte_off.is_multiple_of(4),
+            "misaligned shm word offset {byte_off}"
+        );
         let idx = byte_off / 4;
         match &self.backing {
             Backing::Heap(v) => &v[idx],
@@ -184,7 +197,10 @@ impl ShmRegion {
                 // `map`, which `self` keeps alive for the returned borrow. The memory is
                 // shared with other processes, which is exactly why it is only ever
                 // accessed through atomics (`AtomicU32` has the same layout as `u32`).
-                unsafe { &*base.add(offset + idx * 4).cast::<AtomicU32>() }
+                #[allow(clippy::cast_ptr_alignment)] // alignment checked in `from_mmap`
+                unsafe {
+                    &*base.add(offset + idx * 4).cast::<AtomicU32>()
+                }
             }
         }
     }
@@ -210,7 +226,10 @@ impl ShmRegion {
 
     /// Loads the native-order `u16` at `byte_off` (2-aligned).
     pub fn load_u16(&self, byte_off: usize, order: Ordering) -> u16 {
-        assert!(byte_off % 2 == 0, "misaligned shm u16 offset {byte_off}");
+        assert!(
+            byte_off.is_multiple_of(2),
+            "misaligned shm u16 offset {byte_off}"
+        );
         let w = self.atomic_u32(byte_off & !3).load(order);
         (w >> Self::u16_shift(byte_off)) as u16
     }
@@ -218,7 +237,10 @@ impl ShmRegion {
     /// Stores a native-order `u16` at `byte_off` (2-aligned), leaving the other half of
     /// the word as it is.
     pub fn store_u16(&self, byte_off: usize, v: u16, order: Ordering) {
-        assert!(byte_off % 2 == 0, "misaligned shm u16 offset {byte_off}");
+        assert!(
+            byte_off.is_multiple_of(2),
+            "misaligned shm u16 offset {byte_off}"
+        );
         let shift = Self::u16_shift(byte_off);
         let mask = 0xffffu32 << shift;
         let word = self.atomic_u32(byte_off & !3);
@@ -238,7 +260,10 @@ impl ShmRegion {
 
     /// Copies `dst.len()` bytes (a multiple of 4) from `byte_off` with relaxed loads.
     pub fn read_bytes(&self, byte_off: usize, dst: &mut [u8]) {
-        assert!(dst.len() % 4 == 0, "shm byte copies are whole words");
+        assert!(
+            dst.len().is_multiple_of(4),
+            "shm byte copies are whole words"
+        );
         for (i, chunk) in dst.chunks_exact_mut(4).enumerate() {
             let w = self.load_u32(byte_off + i * 4, Ordering::Relaxed);
             chunk.copy_from_slice(&w.to_ne_bytes());
@@ -247,7 +272,10 @@ impl ShmRegion {
 
     /// Copies `src` (a multiple of 4 bytes) to `byte_off` with relaxed stores.
     pub fn write_bytes(&self, byte_off: usize, src: &[u8]) {
-        assert!(src.len() % 4 == 0, "shm byte copies are whole words");
+        assert!(
+            src.len().is_multiple_of(4),
+            "shm byte copies are whole words"
+        );
         for (i, chunk) in src.chunks_exact(4).enumerate() {
             let w = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
             self.store_u32(byte_off + i * 4, w, Ordering::Relaxed);
@@ -256,7 +284,7 @@ impl ShmRegion {
 
     /// Zeroes `len` bytes (a multiple of 4) from `byte_off`.
     pub fn zero(&self, byte_off: usize, len: usize) {
-        assert!(len % 4 == 0, "shm byte copies are whole words");
+        assert!(len.is_multiple_of(4), "shm byte copies are whole words");
         for i in 0..len / 4 {
             self.store_u32(byte_off + i * 4, 0, Ordering::Relaxed);
         }
