@@ -1,0 +1,1183 @@
+//! The connection-level handle: [`Wal`], [`ReadTxn`], [`WriteTxn`].
+//!
+//! A `Wal` is one connection to one database in WAL mode. It follows SQLite's locking and
+//! read-mark protocol byte for byte (FORMAT.md §5–§8), so a SQLite process on the same
+//! files is simply another connection, and so is a `Wal` in another process.
+//!
+//! ```text
+//! open       db SHARED lock (held for life) → map -shm (the VFS runs the DMS protocol)
+//!            → read the WAL-index header; if it is not valid: WRITE lock, re-read,
+//!              recovery under the in-process fence + CKPT/RECOVER locks
+//! begin_read walTryBeginRead: READ_LOCK(0) when the WAL is fully backfilled, else the
+//!            largest read mark ≤ mxFrame (or claim a slot under its exclusive lock),
+//!            shared READ_LOCK(i), then re-check mark and header; ≤ 100 tries → Protocol
+//! read_page  newest frame in [nBackfill+1, mxFrame] from the hash tables, else the db file
+//! begin_write begin_read + WRITE lock (waiting up to busy_timeout → Busy)
+//! commit     restart the WAL if fully backfilled and unused → append frames with the
+//!            chained checksum, commit marker = new db size → sync per SyncMode → hash
+//!            entries → publish the header (copy B, barrier, copy A) → only then return
+//! checkpoint CKPT lock (+ WRITE for FULL/RESTART/TRUNCATE) → safe frame from read marks
+//!            → READ_LOCK(0) exclusive → salt re-check → nBackfillAttempted → fsync WAL →
+//!            copy pages in page order (coalesced) → truncate db when complete → recovery
+//!            barrier (full fsync + read-back verification) → nBackfill → RESTART/TRUNCATE
+//!            wait for readers and reset the WAL
+//! close      db EXCLUSIVE (am I last?) → PASSIVE checkpoint → delete -wal and -shm
+//! ```
+//!
+//! Design notes:
+//! - A write transaction buffers every page in memory and writes nothing before
+//!   `commit`, so a rollback never has frames to undo (SQLite's cache spill is not
+//!   needed here).
+//! - Read and write transactions capture the WAL-index regions of their snapshot when
+//!   they begin, so `read_page(&self)` needs no locks and no mutation.
+//! - An fsync or write failure latches the handle (fsyncgate): every later write or
+//!   checkpoint fails with `PreviousIo` until the database is reopened.
+//! - After a checkpoint copies pages, the recovery barrier (a **full** fsync of the
+//!   database, then xxh3-128 verification of every copied page read back) must pass
+//!   before `nBackfill` advances, and a RESTART/TRUNCATE only ever follows a complete,
+//!   verified backfill.
+//! - A database file of zero bytes whose `-wal` holds committed frames is recovered, not
+//!   deleted (SQLite would delete such a WAL; we never drop committed frames).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fsqlite_error::{FrankenError, Result};
+use fsqlite_types::{Cx, LockLevel, PageNumber, PageSize, VfsOpenFlags};
+use fsqlite_vfs::{
+    ShmRegion, Vfs, VfsFile, WAL_CKPT_LOCK, WAL_RECOVER_LOCK, WAL_WRITE_LOCK, wal_read_lock,
+};
+
+use crate::checkpoint::{
+    BackfillDecision, CheckpointMode, CheckpointOutcome, LockTry, decide_backfill,
+    max_run_pages_for, plan_backfill, try_compute_safe_frame,
+};
+use crate::checkpoint_executor::{CheckpointJob, execute_checkpoint_on_file, wal_frame_data_offset};
+use crate::db_header::{DB_HEADER_SIZE, DbHeader};
+use crate::locks;
+use crate::recovery_fence::{
+    PageVerifyMode, RECOVERY_FENCE_BACKOFF, RECOVERY_FENCE_MAX_RETRIES, RecoveryFence,
+};
+use crate::wal::{SyncMode, WalFile, WalState};
+use crate::wal_index::{
+    HashSegment, HeaderMemory, HeaderRead, HeapRegions, READMARK_NOT_USED, WAL_READ_MARK_COUNT,
+    WalIndex, WalIndexHdr, copy_region_into, frame_region, load_header_copies,
+    unsupported_version_error,
+};
+
+/// Read attempts before `Protocol` (SQLite's limit in `walTryBeginRead`).
+const MAX_READ_ATTEMPTS: u32 = 100;
+/// Largest coalesced checkpoint write.
+const CHECKPOINT_RUN_BYTES: u32 = 1 << 20;
+
+/// Options for [`Wal::open`].
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    /// Durability of commits (default [`SyncMode::Full`]).
+    pub sync: SyncMode,
+    /// Page size, used only when the database is new; default 4096.
+    pub page_size: u32,
+    /// How long lock waits may take; default 5 s.
+    pub busy_timeout: Duration,
+    /// Auto-checkpoint (PASSIVE) once the WAL holds this many frames; default
+    /// `Some(1000)`, like SQLite. `None` turns it off.
+    pub auto_checkpoint: Option<u32>,
+    /// The last connection checkpoints and removes `-wal`/`-shm` on close; default true.
+    pub checkpoint_on_close: bool,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        Self {
+            sync: SyncMode::Full,
+            page_size: 4096,
+            busy_timeout: Duration::from_secs(5),
+            auto_checkpoint: Some(1000),
+            checkpoint_on_close: true,
+        }
+    }
+}
+
+/// One connection to a database in WAL mode (see the module docs).
+pub struct Wal<V: Vfs> {
+    vfs: Arc<V>,
+    db_path: PathBuf,
+    wal_path: PathBuf,
+    shm_path: PathBuf,
+    db: V::File,
+    wal: WalFile<V::File>,
+    index: WalIndex,
+    /// The cached WAL-index header: the snapshot of the last read.
+    hdr: WalIndexHdr,
+    page_size: PageSize,
+    options: WalOptions,
+    fence: std::sync::Arc<RecoveryFence>,
+    /// Read-mark slot held (shared) by the open transaction.
+    read_lock: Option<u32>,
+    /// `nBackfill + 1` captured at read start.
+    min_frame: u32,
+    write_locked: bool,
+    /// First failure of a checkpoint's durability step; writes refuse until reopen.
+    latched: Option<String>,
+    /// Checkpoint sequence of the current WAL generation.
+    n_ckpt: u32,
+    recoveries: u64,
+}
+
+impl<V: Vfs> std::fmt::Debug for Wal<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("db_path", &self.db_path)
+            .field("page_size", &self.page_size)
+            .field("mx_frame", &self.hdr.mx_frame)
+            .field("n_page", &self.hdr.n_page)
+            .field("read_lock", &self.read_lock)
+            .field("write_locked", &self.write_locked)
+            .field("latched", &self.latched)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The newest frame of `page` in `[min_frame, mx_frame]` over a snapshot's regions.
+fn lookup_frame(
+    regions: &[ShmRegion],
+    page: PageNumber,
+    min_frame: u32,
+    mx_frame: u32,
+) -> Result<Option<u32>> {
+    let min_frame = min_frame.max(1);
+    if mx_frame == 0 || min_frame > mx_frame {
+        return Ok(None);
+    }
+    for index in (frame_region(min_frame)..=frame_region(mx_frame)).rev() {
+        let region = regions.get(index as usize).ok_or_else(|| {
+            FrankenError::wal_corrupt(format!("WAL-index region {index} is not mapped"))
+        })?;
+        if let Some(f) = HashSegment::new(region, index).lookup(page.get(), min_frame, mx_frame)? {
+            return Ok(Some(f));
+        }
+    }
+    Ok(None)
+}
+
+impl<V: Vfs> Wal<V> {
+    /// Opens `db_path` in WAL mode through `vfs` (see the module docs). A new (empty)
+    /// database uses `options.page_size`; an existing one must be a SQLite database in
+    /// WAL mode, else `CannotOpen` says what to do.
+    pub fn open(
+        cx: &Cx,
+        vfs: Arc<V>,
+        db_path: impl AsRef<Path>,
+        options: WalOptions,
+    ) -> Result<Self> {
+        let db_path = vfs.full_pathname(cx, db_path.as_ref())?;
+        let open_flags = VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE;
+        let (mut db, _) = vfs.open(cx, Some(&db_path), open_flags | VfsOpenFlags::MAIN_DB)?;
+        let size = db.file_size(cx)?;
+        let mut page_size = if size == 0 {
+            PageSize::try_new(options.page_size)?
+        } else {
+            let mut head = [0u8; DB_HEADER_SIZE];
+            db.read(cx, &mut head, 0)?;
+            let h = DbHeader::parse(&head, &db_path)?;
+            h.require_wal_mode(&db_path)?;
+            h.page_size
+        };
+        let ok = locks::wait_until(cx, options.busy_timeout, || {
+            match db.lock(cx, LockLevel::Shared) {
+                Ok(()) => Ok(true),
+                Err(FrankenError::Busy) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })?;
+        if !ok {
+            return Err(FrankenError::Busy);
+        }
+        let wal_path = sibling(&db_path, "-wal");
+        let shm_path = sibling(&db_path, "-shm");
+        let (wal_file, _) = vfs.open(cx, Some(&wal_path), open_flags | VfsOpenFlags::WAL)?;
+        let wal = WalFile::attach(wal_file, Some(wal_path.clone())).with_sync_mode(options.sync);
+        let fence = RecoveryFence::for_path(&db_path);
+        if size == 0 {
+            // A new database: a WAL left by an earlier writer decides the page size.
+            let mut whdr = [0u8; crate::checksum::WAL_HEADER_SIZE];
+            if wal.file().read(cx, &mut whdr, 0)? == whdr.len()
+                && let Ok(h) = crate::format::WalHeader::decode(&whdr)
+                && let Some(ps) = PageSize::new(h.page_size)
+            {
+                page_size = ps;
+            }
+        }
+        let mut this = Self {
+            vfs,
+            db_path,
+            wal_path,
+            shm_path,
+            db,
+            wal,
+            index: WalIndex::new(),
+            hdr: WalIndexHdr::default(),
+            page_size,
+            options,
+            fence,
+            read_lock: None,
+            min_frame: 1,
+            write_locked: false,
+            latched: None,
+            n_ckpt: 0,
+            recoveries: 0,
+        };
+        // Bring the WAL-index up (recovering it if needed), as the first read would.
+        this.read_header_or_recover(cx)?;
+        tracing::debug!(
+            target: "fsqlite.wal.open",
+            db = %this.db_path.display(),
+            page_size = this.page_size.get(),
+            mx_frame = this.hdr.mx_frame,
+            "opened WAL connection"
+        );
+        Ok(this)
+    }
+
+    /// The database page size.
+    pub fn page_size(&self) -> u32 {
+        self.page_size.get()
+    }
+
+    /// The database path (absolute).
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    /// How many times this connection rebuilt the WAL-index.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries
+    }
+
+    /// The WAL-index header this connection saw last.
+    pub fn cached_header(&self) -> WalIndexHdr {
+        self.hdr
+    }
+
+    /// Starts a read transaction on the newest committed snapshot.
+    pub fn begin_read(&mut self, cx: &Cx) -> Result<ReadTxn<'_, V>> {
+        self.begin_read_inner(cx)?;
+        let snapshot = match self.capture_snapshot(cx) {
+            Ok(s) => s,
+            Err(e) => {
+                self.end_read(cx);
+                return Err(e);
+            }
+        };
+        Ok(ReadTxn {
+            wal: self,
+            snap: snapshot,
+        })
+    }
+
+    /// Starts a write transaction: a read snapshot plus the WAL write lock, waiting up to
+    /// `busy_timeout` for another writer (then `Busy`).
+    pub fn begin_write(&mut self, cx: &Cx) -> Result<WriteTxn<'_, V>> {
+        self.check_writable()?;
+        let start = Instant::now();
+        let mut backoff = Duration::from_micros(20);
+        loop {
+            self.begin_read_inner(cx)?;
+            if locks::try_exclusive(&mut self.db, cx, WAL_WRITE_LOCK, 1)? {
+                self.write_locked = true;
+                if self.live_header_copy_a(cx)? == self.hdr {
+                    break;
+                }
+                // A commit landed between our read and the lock: start over on it.
+                self.unlock_write(cx);
+            }
+            self.end_read(cx);
+            cx.checkpoint()?;
+            if start.elapsed() >= self.options.busy_timeout {
+                return Err(FrankenError::Busy);
+            }
+            std::thread::sleep(
+                backoff.min(self.options.busy_timeout.saturating_sub(start.elapsed())),
+            );
+            backoff = (backoff * 2).min(Duration::from_millis(5));
+        }
+        let snap = match self.capture_snapshot(cx) {
+            Ok(s) => s,
+            Err(e) => {
+                self.unlock_write(cx);
+                self.end_read(cx);
+                return Err(e);
+            }
+        };
+        Ok(WriteTxn {
+            wal: self,
+            snap,
+            dirty: BTreeMap::new(),
+            done: false,
+        })
+    }
+
+    /// Runs a checkpoint (SQLite's `sqlite3_wal_checkpoint_v2`), through the recovery
+    /// barrier: pages are copied, the database is fully fsynced and read back and
+    /// verified, and only then does `nBackfill` advance or the WAL get reset.
+    pub fn checkpoint(&mut self, cx: &Cx, mode: CheckpointMode) -> Result<CheckpointOutcome> {
+        self.check_writable()?;
+        if !locks::try_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 1)? {
+            return Err(FrankenError::Busy);
+        }
+        let mut write_held = false;
+        let r = self.checkpoint_locked(cx, mode, &mut write_held);
+        if write_held {
+            self.unlock_write(cx);
+        }
+        let _ = locks::unlock_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 1);
+        r
+    }
+
+    /// Closes the connection. The last connection (it gets the database EXCLUSIVE lock)
+    /// checkpoints and, when everything was backfilled, deletes `-wal` and `-shm`, as
+    /// SQLite does, unless `checkpoint_on_close` is false.
+    pub fn close(mut self, cx: &Cx) -> Result<()> {
+        let mut delete_files = false;
+        let mut result = Ok(());
+        if self.options.checkpoint_on_close && self.latched.is_none() {
+            match self.db.lock(cx, LockLevel::Exclusive) {
+                Ok(()) => match self.checkpoint(cx, CheckpointMode::Passive) {
+                    Ok(o) => {
+                        delete_files = !o.busy && o.checkpointed_frames == o.log_frames;
+                    }
+                    Err(e) => result = Err(e),
+                },
+                Err(FrankenError::Busy) => {}
+                Err(e) => result = Err(e),
+            }
+        }
+        self.index.forget_mappings();
+        if delete_files {
+            match self.vfs.delete(cx, &self.wal_path, false) {
+                Ok(()) | Err(FrankenError::Io { .. }) => {}
+                Err(e) => result = result.and(Err(e)),
+            }
+            result = result.and(self.db.shm_unmap(cx, true));
+            tracing::debug!(target: "fsqlite.wal.close", db = %self.db_path.display(), "last connection: checkpointed and removed -wal/-shm");
+        } else {
+            result = result.and(self.db.shm_unmap(cx, false));
+        }
+        let _ = self.db.unlock(cx, LockLevel::None);
+        result
+    }
+
+    // ----- internals -------------------------------------------------------------------
+
+    fn check_writable(&self) -> Result<()> {
+        if let Some(first) = &self.latched {
+            return Err(FrankenError::PreviousIo {
+                first: first.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn latch(&mut self, e: &FrankenError) {
+        if self.latched.is_none() && !e.is_transient() {
+            tracing::error!(target: "fsqlite.wal", error = %e, db = %self.db_path.display(), "I/O failure latched the connection; reopen to recover");
+            self.latched = Some(e.to_string());
+        }
+    }
+
+    fn region0(&mut self, cx: &Cx, extend: bool) -> Result<ShmRegion> {
+        self.index
+            .map_region(cx, &mut self.db, 0, extend)?
+            .cloned()
+            .ok_or_else(|| FrankenError::internal("WAL-index region 0 is not mapped"))
+    }
+
+    fn live_header_copy_a(&mut self, cx: &Cx) -> Result<WalIndexHdr> {
+        let r0 = self.region0(cx, false)?;
+        Ok(load_header_copies(&r0)[0])
+    }
+
+    fn unlock_write(&mut self, cx: &Cx) {
+        if self.write_locked {
+            let _ = locks::unlock_exclusive(&mut self.db, cx, WAL_WRITE_LOCK, 1);
+            self.write_locked = false;
+        }
+    }
+
+    fn end_read(&mut self, cx: &Cx) {
+        if let Some(slot) = self.read_lock.take() {
+            let _ = locks::unlock_shared(&mut self.db, cx, wal_read_lock(slot));
+        }
+    }
+
+    /// SQLite's `walIndexReadHdr`: the lock-free read, else WRITE lock + re-read +
+    /// recovery. `Err(Busy)` when another connection holds the WRITE lock while the
+    /// header is unreadable (the caller decides between retry and `BusyRecovery`).
+    fn read_header_or_recover(&mut self, cx: &Cx) -> Result<bool> {
+        match self
+            .index
+            .read_header(cx, &mut self.db, false, &mut self.hdr)?
+        {
+            HeaderRead::Unchanged => return Ok(false),
+            HeaderRead::Changed => {
+                self.adopt_header_page_size()?;
+                return Ok(true);
+            }
+            HeaderRead::UnsupportedVersion { found } => {
+                return Err(unsupported_version_error(&self.shm_path, found));
+            }
+            HeaderRead::NeedsRecovery(_) => {}
+        }
+        let had_write = self.write_locked;
+        if !had_write {
+            if !locks::try_exclusive(&mut self.db, cx, WAL_WRITE_LOCK, 1)? {
+                return Err(FrankenError::Busy);
+            }
+            self.write_locked = true;
+        }
+        let r = (|| match self
+            .index
+            .read_header(cx, &mut self.db, true, &mut self.hdr)?
+        {
+            HeaderRead::Unchanged | HeaderRead::Changed => {
+                self.adopt_header_page_size()?;
+                Ok(true)
+            }
+            HeaderRead::UnsupportedVersion { found } => {
+                Err(unsupported_version_error(&self.shm_path, found))
+            }
+            HeaderRead::NeedsRecovery(defect) => {
+                tracing::info!(target: "fsqlite.wal.recovery", db = %self.db_path.display(), %defect, "WAL-index needs recovery");
+                self.recover(cx)?;
+                Ok(true)
+            }
+        })();
+        if !had_write {
+            self.unlock_write(cx);
+        }
+        r
+    }
+
+    fn adopt_header_page_size(&mut self) -> Result<()> {
+        if self.hdr.mx_frame == 0 {
+            return Ok(());
+        }
+        match self.hdr.page_size() {
+            Some(ps) if ps == self.page_size => Ok(()),
+            Some(ps) if self.hdr.n_page > 0 && self.db_file_pages_is_zero() => {
+                self.page_size = ps;
+                Ok(())
+            }
+            other => Err(FrankenError::wal_corrupt(format!(
+                "the WAL-index page size {:?} differs from the database page size {} ({})",
+                other.map(PageSize::get),
+                self.page_size,
+                self.shm_path.display()
+            ))),
+        }
+    }
+
+    fn db_file_pages_is_zero(&self) -> bool {
+        self.db.file_size(&Cx::new()).is_ok_and(|s| s == 0)
+    }
+
+    /// SQLite's `walIndexRecover`: rebuild the WAL-index from the WAL's valid prefix.
+    /// The caller holds the WRITE lock.
+    fn recover(&mut self, cx: &Cx) -> Result<()> {
+        let fence = Arc::clone(&self.fence);
+        let mut guard = fence.acquire_for_recovery_cx(
+            cx,
+            RECOVERY_FENCE_MAX_RETRIES,
+            RECOVERY_FENCE_BACKOFF,
+        )?;
+        if !locks::wait_exclusive(
+            &mut self.db,
+            cx,
+            WAL_CKPT_LOCK,
+            2,
+            self.options.busy_timeout,
+        )? {
+            return Err(FrankenError::Busy);
+        }
+        let r = self.recover_locked(cx);
+        let _ = locks::unlock_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 2);
+        if r.is_ok() {
+            guard.complete();
+            self.recoveries += 1;
+        }
+        r
+    }
+
+    fn recover_locked(&mut self, cx: &Cx) -> Result<()> {
+        debug_assert!(WAL_RECOVER_LOCK == WAL_CKPT_LOCK + 1);
+        let start = Instant::now();
+        let mut heap = HeapRegions::new();
+        let mut private = WalIndex::new();
+        let mut mx_seen = 0u32;
+        let report = WalFile::scan_labeled(
+            cx,
+            self.wal.file(),
+            Some(&self.wal_path),
+            |frame, page, _db_size| {
+                mx_seen = frame;
+                private.append(cx, &mut heap, frame, page)
+            },
+        )?;
+        let mut hdr = WalIndexHdr::default();
+        if let Some(h) = report.header {
+            let ps = PageSize::try_new(h.page_size)?;
+            if ps != self.page_size {
+                if self.db.file_size(cx)? == 0 {
+                    self.page_size = ps;
+                } else if report.mx_frame > 0 {
+                    return Err(FrankenError::wal_corrupt(format!(
+                        "{} has page size {} but the database has {}",
+                        self.wal_path.display(),
+                        h.page_size,
+                        self.page_size
+                    )));
+                }
+            }
+            hdr.big_end_cksum = u8::from(h.big_endian_checksum());
+            hdr.set_wal_salts(h.salt);
+            hdr.set_page_size(ps);
+            hdr.mx_frame = report.mx_frame;
+            hdr.n_page = report.n_page;
+            hdr.a_frame_cksum = report.frame_checksum;
+            self.n_ckpt = h.checkpoint_seq;
+        } else {
+            hdr.set_page_size(self.page_size);
+        }
+        // Copy the privately built hash regions into the shared -shm.
+        for k in 0..heap.len() as u32 {
+            let Some(src) = heap.get(k).cloned() else {
+                continue;
+            };
+            let dst = self
+                .index
+                .map_region(cx, &mut self.db, k, true)?
+                .cloned()
+                .ok_or_else(|| FrankenError::internal("could not extend the -shm"))?;
+            copy_region_into(&src, &dst, k);
+        }
+        // Any stale entries past mxFrame are cleaned by the next append; make sure the
+        // region holding mxFrame carries none.
+        self.index.rollback_to(cx, &mut self.db, hdr.mx_frame)?;
+        self.index.publish_header(cx, &mut self.db, &mut hdr)?;
+        self.hdr = hdr;
+        let r0 = self.region0(cx, true)?;
+        r0.set_n_backfill(0);
+        r0.set_n_backfill_attempted(hdr.mx_frame);
+        r0.set_read_mark(0, 0);
+        for i in 1..WAL_READ_MARK_COUNT as u32 {
+            if locks::try_exclusive(&mut self.db, cx, wal_read_lock(i), 1)? {
+                let mark = if i == 1 && hdr.mx_frame > 0 {
+                    hdr.mx_frame
+                } else {
+                    READMARK_NOT_USED
+                };
+                r0.set_read_mark(i as usize, mark);
+                locks::unlock_exclusive(&mut self.db, cx, wal_read_lock(i), 1)?;
+            }
+        }
+        if hdr.mx_frame > 0 {
+            self.wal
+                .set_state_from_index(cx, self.wal_state_from_hdr())?;
+        }
+        tracing::info!(
+            target: "fsqlite.wal.recovery",
+            db = %self.db_path.display(),
+            frames = hdr.mx_frame,
+            scanned = mx_seen,
+            stop = %report.stop,
+            elapsed_us = start.elapsed().as_micros() as u64,
+            "recovered {} frames from WAL file {}",
+            hdr.mx_frame,
+            self.wal_path.display()
+        );
+        Ok(())
+    }
+
+    fn wal_state_from_hdr(&self) -> WalState {
+        WalState {
+            mx_frame: self.hdr.mx_frame,
+            n_page: self.hdr.n_page,
+            frame_checksum: self.hdr.a_frame_cksum,
+            salt: self.hdr.wal_salts(),
+            page_size: self.page_size,
+            big_endian_cksum: self.hdr.big_end_cksum != 0,
+            checkpoint_seq: self.n_ckpt,
+        }
+    }
+
+    /// SQLite's `walTryBeginRead` loop (FORMAT.md §6).
+    fn begin_read_inner(&mut self, cx: &Cx) -> Result<()> {
+        debug_assert!(self.read_lock.is_none());
+        let start = Instant::now();
+        for cnt in 0..=MAX_READ_ATTEMPTS {
+            if cnt == MAX_READ_ATTEMPTS {
+                return Err(FrankenError::Protocol);
+            }
+            if cnt > 5 {
+                let micros = if cnt < 10 {
+                    1
+                } else {
+                    u64::from((cnt - 9) * (cnt - 9) * 39)
+                };
+                std::thread::sleep(Duration::from_micros(micros));
+            }
+            cx.checkpoint()?;
+            match self.read_header_or_recover(cx) {
+                Ok(_) => {}
+                Err(FrankenError::Busy) => {
+                    if locks::try_shared(&mut self.db, cx, WAL_RECOVER_LOCK)? {
+                        locks::unlock_shared(&mut self.db, cx, WAL_RECOVER_LOCK)?;
+                        continue;
+                    }
+                    if start.elapsed() < self.options.busy_timeout {
+                        continue;
+                    }
+                    return Err(FrankenError::BusyRecovery);
+                }
+                Err(e) => return Err(e),
+            }
+            let r0 = self.region0(cx, false)?;
+            let mx = self.hdr.mx_frame;
+            if r0.n_backfill() == mx {
+                if locks::try_shared(&mut self.db, cx, wal_read_lock(0))? {
+                    r0.barrier();
+                    if load_header_copies(&r0)[0] == self.hdr {
+                        self.read_lock = Some(0);
+                        self.min_frame = mx + 1;
+                        return Ok(());
+                    }
+                    locks::unlock_shared(&mut self.db, cx, wal_read_lock(0))?;
+                    continue;
+                }
+                // A checkpointer holds READ_LOCK(0): use a read mark instead.
+            }
+            let mut best: Option<(u32, u32)> = None; // (slot, mark)
+            for i in 1..WAL_READ_MARK_COUNT as u32 {
+                let m = r0.read_mark(i as usize);
+                if m <= mx && best.is_none_or(|(_, bm)| m >= bm) {
+                    best = Some((i, m));
+                }
+            }
+            if best.is_none_or(|(_, m)| m < mx) {
+                for i in 1..WAL_READ_MARK_COUNT as u32 {
+                    if locks::try_exclusive(&mut self.db, cx, wal_read_lock(i), 1)? {
+                        r0.set_read_mark(i as usize, mx);
+                        locks::unlock_exclusive(&mut self.db, cx, wal_read_lock(i), 1)?;
+                        best = Some((i, mx));
+                        break;
+                    }
+                }
+            }
+            let Some((slot, mark)) = best else {
+                continue;
+            };
+            if !locks::try_shared(&mut self.db, cx, wal_read_lock(slot))? {
+                continue;
+            }
+            self.min_frame = r0.n_backfill() + 1;
+            r0.barrier();
+            if r0.read_mark(slot as usize) != mark || load_header_copies(&r0)[0] != self.hdr {
+                locks::unlock_shared(&mut self.db, cx, wal_read_lock(slot))?;
+                continue;
+            }
+            self.read_lock = Some(slot);
+            return Ok(());
+        }
+        Err(FrankenError::Protocol)
+    }
+
+    /// Maps every region the current snapshot needs and computes its database size.
+    fn capture_snapshot(&mut self, cx: &Cx) -> Result<Snapshot> {
+        let mx = self.hdr.mx_frame;
+        let mut regions = Vec::new();
+        if self.read_lock != Some(0) && mx > 0 {
+            for k in 0..=frame_region(mx) {
+                let r = self
+                    .index
+                    .map_region(cx, &mut self.db, k, false)?
+                    .cloned()
+                    .ok_or_else(|| {
+                        FrankenError::wal_corrupt(format!(
+                            "WAL-index region {k} is missing although frames up to {mx} are indexed ({})",
+                            self.shm_path.display()
+                        ))
+                    })?;
+                regions.push(r);
+            }
+        }
+        let db_size = if mx > 0 {
+            self.hdr.n_page
+        } else {
+            let bytes = self.db.file_size(cx)?;
+            u32::try_from(bytes / u64::from(self.page_size.get())).unwrap_or(u32::MAX)
+        };
+        Ok(Snapshot {
+            regions,
+            mx_frame: if self.read_lock == Some(0) { 0 } else { mx },
+            min_frame: self.min_frame,
+            db_size,
+        })
+    }
+
+    fn read_page_snapshot(
+        &self,
+        cx: &Cx,
+        snap: &Snapshot,
+        page: PageNumber,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let ps = self.page_size.bytes();
+        if buf.len() != ps {
+            return Err(FrankenError::out_of_range(
+                format!("read buffer length (page size {ps})"),
+                buf.len(),
+            ));
+        }
+        if let Some(frame) = lookup_frame(&snap.regions, page, snap.min_frame, snap.mx_frame)? {
+            let off = wal_frame_data_offset(frame, self.page_size.get());
+            if self.wal.file().read(cx, buf, off)? < buf.len() {
+                return Err(FrankenError::wal_corrupt(format!(
+                    "frame {frame} (page {page}) lies past the end of {}",
+                    self.wal_path.display()
+                )));
+            }
+            return Ok(());
+        }
+        let offset = u64::from(page.get() - 1) * ps as u64;
+        self.db.read(cx, buf, offset)?;
+        Ok(())
+    }
+
+    /// SQLite's `walRestartHdr`: a new WAL generation in the WAL-index (salt-1 + 1, new
+    /// salt-2, mxFrame 0, backfill counters and marks reset). The caller holds WRITE and
+    /// READ_LOCK(1..4) exclusively (no reader uses the WAL). The WAL file itself is
+    /// rewritten by the next commit.
+    fn restart_hdr(&mut self, cx: &Cx) -> Result<u32> {
+        let mut b = [0u8; 4];
+        self.vfs.randomness(&mut b);
+        let salt2 = u32::from_ne_bytes(b);
+        let [s1, _] = self.hdr.wal_salts();
+        self.n_ckpt = self.n_ckpt.wrapping_add(1);
+        let mut hdr = self.hdr;
+        hdr.mx_frame = 0;
+        hdr.set_wal_salts([s1.wrapping_add(1), salt2]);
+        self.index.publish_header(cx, &mut self.db, &mut hdr)?;
+        self.hdr = hdr;
+        let r0 = self.region0(cx, true)?;
+        r0.set_n_backfill(0);
+        r0.set_n_backfill_attempted(0);
+        r0.set_read_mark(1, 0);
+        for i in 2..WAL_READ_MARK_COUNT {
+            r0.set_read_mark(i, READMARK_NOT_USED);
+        }
+        tracing::debug!(target: "fsqlite.wal.write", db = %self.db_path.display(), salt1 = s1.wrapping_add(1), salt2, "restarted the WAL");
+        Ok(salt2)
+    }
+
+    fn commit_inner(
+        &mut self,
+        cx: &Cx,
+        dirty: &BTreeMap<PageNumber, Vec<u8>>,
+        db_size: u32,
+    ) -> Result<u32> {
+        self.check_writable()?;
+        if db_size == 0 {
+            return Err(FrankenError::out_of_range(
+                "commit database size (pages)",
+                0,
+            ));
+        }
+        let frames: Vec<(PageNumber, &[u8])> = dirty
+            .iter()
+            .filter(|(p, _)| p.get() <= db_size)
+            .map(|(p, d)| (*p, d.as_slice()))
+            .collect();
+        if frames.is_empty() {
+            return Err(FrankenError::out_of_range(
+                "pages in a commit (a commit needs at least one page at or below its database size)",
+                0,
+            ));
+        }
+        let r0 = self.region0(cx, true)?;
+        // walRestartLog: a fully backfilled WAL nobody reads starts a new generation.
+        if self.read_lock == Some(0)
+            && r0.n_backfill() > 0
+            && locks::try_exclusive(&mut self.db, cx, wal_read_lock(1), 4)?
+        {
+            let r = self.restart_hdr(cx);
+            locks::unlock_exclusive(&mut self.db, cx, wal_read_lock(1), 4)?;
+            r?;
+        }
+        if self.hdr.mx_frame == 0 && self.hdr.a_salt == [0, 0] {
+            let mut b = [0u8; 8];
+            self.vfs.randomness(&mut b);
+            self.hdr.set_wal_salts([
+                u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+                u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+            ]);
+            self.hdr.big_end_cksum = u8::from(cfg!(target_endian = "big"));
+        }
+        if self.hdr.mx_frame == 0 {
+            self.hdr.big_end_cksum = u8::from(cfg!(target_endian = "big"));
+        }
+        let state = self.wal_state_from_hdr();
+        let in_sync = self.wal.state().is_some_and(|s| {
+            s.mx_frame == state.mx_frame
+                && s.salt == state.salt
+                && s.frame_checksum == state.frame_checksum
+                && (state.mx_frame > 0 || self.wal.header_on_disk())
+        });
+        if !in_sync {
+            self.wal.set_state_from_index(cx, state)?;
+        }
+        self.wal.rollback_uncommitted();
+        let first = self.hdr.mx_frame + 1;
+        let last = match self.wal.append_frames(cx, &frames, Some(db_size)) {
+            Ok(l) => l,
+            Err(e) => {
+                self.latch(&e);
+                return Err(e);
+            }
+        };
+        debug_assert_eq!(last as usize, first as usize + frames.len() - 1);
+        for (k, (page, _)) in frames.iter().enumerate() {
+            if let Err(e) = self.index.append(cx, &mut self.db, first + k as u32, *page) {
+                let _ = self.index.rollback_to(cx, &mut self.db, self.hdr.mx_frame);
+                return Err(e);
+            }
+        }
+        let mut hdr = self.hdr;
+        hdr.mx_frame = last;
+        hdr.n_page = db_size;
+        hdr.a_frame_cksum = self.wal.frame_checksum();
+        hdr.i_change = hdr.i_change.wrapping_add(1);
+        hdr.set_page_size(self.page_size);
+        self.index.publish_header(cx, &mut self.db, &mut hdr)?;
+        self.hdr = hdr;
+        tracing::trace!(target: "fsqlite.wal.write", mx_frame = last, pages = frames.len(), db_size, "committed");
+        Ok(last)
+    }
+
+    fn checkpoint_locked(
+        &mut self,
+        cx: &Cx,
+        mode: CheckpointMode,
+        write_held: &mut bool,
+    ) -> Result<CheckpointOutcome> {
+        let mut busy = false;
+        let mut eff_mode = mode;
+        if mode != CheckpointMode::Passive {
+            if locks::wait_exclusive(
+                &mut self.db,
+                cx,
+                WAL_WRITE_LOCK,
+                1,
+                self.options.busy_timeout,
+            )? {
+                self.write_locked = true;
+                *write_held = true;
+            } else {
+                eff_mode = CheckpointMode::Passive;
+                busy = true;
+            }
+        }
+        match self.read_header_or_recover(cx) {
+            Ok(_) => {}
+            Err(FrankenError::Busy) => return Err(FrankenError::BusyRecovery),
+            Err(e) => return Err(e),
+        }
+        let r0 = self.region0(cx, false)?;
+        let mx = self.hdr.mx_frame;
+        let uses_busy = eff_mode != CheckpointMode::Passive;
+        let timeout = self.options.busy_timeout;
+        if r0.n_backfill() < mx {
+            let marks: [u32; WAL_READ_MARK_COUNT] = std::array::from_fn(|i| r0.read_mark(i));
+            let db = &mut self.db;
+            let sf = try_compute_safe_frame(mx, &marks, eff_mode, |att| {
+                let slot = att.slot as u32;
+                let got = if att.use_busy_handler {
+                    locks::wait_exclusive(db, cx, wal_read_lock(slot), 1, timeout)?
+                } else {
+                    locks::try_exclusive(db, cx, wal_read_lock(slot), 1)?
+                };
+                if got {
+                    r0.set_read_mark(att.slot, att.new_mark);
+                    locks::unlock_exclusive(db, cx, wal_read_lock(slot), 1)?;
+                    Ok(LockTry::Acquired)
+                } else {
+                    Ok(LockTry::Busy)
+                }
+            })?;
+            let safe = sf.safe_frame;
+            let n_backfill = r0.n_backfill();
+            if n_backfill < safe {
+                let entries = self.index.checkpoint_frames(
+                    cx,
+                    &mut self.db,
+                    n_backfill,
+                    safe,
+                    self.hdr.n_page,
+                )?;
+                let plan = plan_backfill(
+                    entries.iter().map(|e| (e.page.get(), e.frame)),
+                    n_backfill,
+                    safe,
+                    self.hdr.n_page,
+                    max_run_pages_for(self.page_size.get(), CHECKPOINT_RUN_BYTES),
+                );
+                let got0 = if uses_busy {
+                    locks::wait_exclusive(&mut self.db, cx, wal_read_lock(0), 1, timeout)?
+                } else {
+                    locks::try_exclusive(&mut self.db, cx, wal_read_lock(0), 1)?
+                };
+                if got0 {
+                    let r = self.backfill(cx, &r0, &plan, safe);
+                    locks::unlock_exclusive(&mut self.db, cx, wal_read_lock(0), 1)?;
+                    if let Err(e) = r {
+                        if !e.is_transient() {
+                            self.latch(&e);
+                        }
+                        return Err(e);
+                    }
+                } else {
+                    busy = true;
+                }
+            }
+        }
+        let n_backfill = r0.n_backfill();
+        debug_assert!(n_backfill <= r0.n_backfill_attempted() || r0.n_backfill_attempted() == 0); // inv: NBACKFILL_LE_ATTEMPTED
+        if eff_mode != CheckpointMode::Passive && n_backfill < mx {
+            busy = true;
+        } else if matches!(eff_mode, CheckpointMode::Restart | CheckpointMode::Truncate)
+            && *write_held
+            && !busy
+        {
+            if locks::wait_exclusive(&mut self.db, cx, wal_read_lock(1), 4, timeout)? {
+                let r = if eff_mode == CheckpointMode::Truncate {
+                    self.restart_hdr(cx).and_then(|salt2| {
+                        self.wal.truncate_to_zero(cx, salt2).inspect_err(|e| {
+                            tracing::error!(target: "fsqlite.wal.checkpoint", error = %e, "WAL truncate failed");
+                        })
+                    })
+                } else {
+                    Ok(())
+                };
+                locks::unlock_exclusive(&mut self.db, cx, wal_read_lock(1), 4)?;
+                r?;
+            } else {
+                busy = true;
+            }
+        }
+        let live = load_header_copies(&r0)[0];
+        Ok(CheckpointOutcome {
+            busy,
+            log_frames: live.mx_frame,
+            checkpointed_frames: r0.n_backfill().min(live.mx_frame),
+        })
+    }
+
+    /// Steps (d)–(g) of SQLite's `walCheckpoint`, with the recovery barrier. The caller
+    /// holds CKPT and READ_LOCK(0) exclusively.
+    fn backfill(
+        &mut self,
+        cx: &Cx,
+        r0: &ShmRegion,
+        plan: &crate::checkpoint::BackfillPlan,
+        safe: u32,
+    ) -> Result<()> {
+        let live = load_header_copies(r0)[0];
+        match decide_backfill(r0.n_backfill(), safe, self.hdr.a_salt, live.a_salt) {
+            BackfillDecision::NothingToCopy => return Ok(()),
+            BackfillDecision::WalRestarted => {
+                tracing::debug!(target: "fsqlite.wal.checkpoint", "WAL restarted during checkpoint; nothing copied");
+                return Ok(());
+            }
+            BackfillDecision::Copy { .. } => {}
+        }
+        r0.set_n_backfill_attempted(safe);
+        if self.options.sync != SyncMode::Off {
+            self.wal.fsync(cx)?;
+        }
+        let complete = safe == live.mx_frame;
+        let job = CheckpointJob {
+            page_size: self.page_size.get(),
+            plan,
+            n_page: self.hdr.n_page,
+            complete,
+            verify_mode: PageVerifyMode::WholePage,
+        };
+        let report = execute_checkpoint_on_file(cx, self.wal.file(), &job, &mut self.db)?;
+        // inv: BARRIER_BEFORE_NBACKFILL — the database is fsynced and verified here.
+        r0.set_n_backfill(safe);
+        tracing::debug!(
+            target: "fsqlite.wal.checkpoint",
+            pages = report.pages_written,
+            runs = report.runs,
+            safe_frame = safe,
+            complete,
+            "backfilled through the recovery barrier"
+        );
+        Ok(())
+    }
+}
+
+/// What a transaction reads: the header's frames, the regions mapped for them.
+#[derive(Debug)]
+struct Snapshot {
+    regions: Vec<ShmRegion>,
+    mx_frame: u32,
+    min_frame: u32,
+    db_size: u32,
+}
+
+/// A read transaction: a consistent snapshot, protected by a read mark until dropped.
+pub struct ReadTxn<'a, V: Vfs> {
+    wal: &'a mut Wal<V>,
+    snap: Snapshot,
+}
+
+impl<V: Vfs> std::fmt::Debug for ReadTxn<'_, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadTxn")
+            .field("mx_frame", &self.snap.mx_frame)
+            .field("db_size", &self.snap.db_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Vfs> ReadTxn<'_, V> {
+    /// The database size in pages at this snapshot.
+    pub fn db_size(&self) -> u32 {
+        self.snap.db_size
+    }
+
+    /// The snapshot's last commit frame (0 when it reads the database file only).
+    pub fn mx_frame(&self) -> u32 {
+        self.snap.mx_frame
+    }
+
+    /// Reads `page` as of this snapshot into `buf` (exactly one page). Pages past the end
+    /// of the database file read as zeros.
+    pub fn read_page(&self, cx: &Cx, page: PageNumber, buf: &mut [u8]) -> Result<()> {
+        self.wal.read_page_snapshot(cx, &self.snap, page, buf)
+    }
+}
+
+impl<V: Vfs> Drop for ReadTxn<'_, V> {
+    fn drop(&mut self) {
+        self.wal.end_read(&Cx::new());
+    }
+}
+
+/// A write transaction: pages are buffered until [`WriteTxn::commit`]; dropping it
+/// without committing rolls back.
+pub struct WriteTxn<'a, V: Vfs> {
+    wal: &'a mut Wal<V>,
+    snap: Snapshot,
+    dirty: BTreeMap<PageNumber, Vec<u8>>,
+    done: bool,
+}
+
+impl<V: Vfs> std::fmt::Debug for WriteTxn<'_, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTxn")
+            .field("mx_frame", &self.snap.mx_frame)
+            .field("dirty_pages", &self.dirty.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Vfs> WriteTxn<'_, V> {
+    /// The database size in pages at the transaction's snapshot.
+    pub fn db_size(&self) -> u32 {
+        self.snap.db_size
+    }
+
+    /// Reads `page`: this transaction's own write if any, else the snapshot.
+    pub fn read_page(&self, cx: &Cx, page: PageNumber, buf: &mut [u8]) -> Result<()> {
+        if let Some(d) = self.dirty.get(&page) {
+            if buf.len() != d.len() {
+                return Err(FrankenError::out_of_range(
+                    format!("read buffer length (page size {})", d.len()),
+                    buf.len(),
+                ));
+            }
+            buf.copy_from_slice(d);
+            return Ok(());
+        }
+        self.wal.read_page_snapshot(cx, &self.snap, page, buf)
+    }
+
+    /// Buffers a new image of `page` (exactly one page of bytes).
+    pub fn write_page(&mut self, cx: &Cx, page: PageNumber, data: &[u8]) -> Result<()> {
+        cx.checkpoint()?;
+        let ps = self.wal.page_size.bytes();
+        if data.len() != ps {
+            return Err(FrankenError::out_of_range(
+                format!("page length for page {page} (page size {ps})"),
+                data.len(),
+            ));
+        }
+        self.dirty.insert(page, data.to_vec());
+        Ok(())
+    }
+
+    /// Commits: appends the pages (those `<= db_size`) to the WAL with the commit marker
+    /// `db_size`, syncs per `SyncMode`, indexes and publishes them, and returns the new
+    /// `mxFrame`. When this returns `Ok` the commit is durable (per `SyncMode`) and
+    /// visible to every new reader, SQLite processes included.
+    pub fn commit(mut self, cx: &Cx, db_size: u32) -> Result<u32> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let r = self.wal.commit_inner(cx, &dirty, db_size);
+        self.done = true;
+        self.wal.unlock_write(cx);
+        self.wal.end_read(cx);
+        let mx = r?;
+        if let Some(n) = self.wal.options.auto_checkpoint
+            && n > 0
+            && mx >= n
+        {
+            match self.wal.checkpoint(cx, CheckpointMode::Passive) {
+                Ok(_) | Err(FrankenError::Busy | FrankenError::BusyRecovery) => {}
+                Err(e) => {
+                    tracing::warn!(target: "fsqlite.wal.checkpoint", error = %e, "auto-checkpoint failed; the commit stands");
+                }
+            }
+        }
+        Ok(mx)
+    }
+
+    /// Discards the buffered pages and releases the locks.
+    pub fn rollback(mut self, cx: &Cx) -> Result<()> {
+        self.finish(cx);
+        Ok(())
+    }
+
+    fn finish(&mut self, cx: &Cx) {
+        if !self.done {
+            self.done = true;
+            self.dirty.clear();
+            self.wal.unlock_write(cx);
+            self.wal.end_read(cx);
+        }
+    }
+}
+
+impl<V: Vfs> Drop for WriteTxn<'_, V> {
+    fn drop(&mut self) {
+        self.finish(&Cx::new());
+    }
+}

@@ -1,0 +1,119 @@
+//! SQLite's WAL lock slots, taken through [`VfsFile::shm_lock`], with bounded waiting.
+//!
+//! A conflicting lock is `Err(Busy)` from the VFS; these helpers turn it into `false`
+//! (`try_*`) or retry it with a capped exponential back-off until a time budget runs out
+//! (`wait_*`, SQLite's busy handler). Waiting honours the caller's [`Cx`]. Cross-process
+//! `fcntl` locks have no wake-up, so polling is the only portable way to wait for them.
+
+use std::time::{Duration, Instant};
+
+use fsqlite_error::{FrankenError, Result};
+use fsqlite_types::Cx;
+use fsqlite_vfs::{SHM_EXCLUSIVE, SHM_LOCK, SHM_SHARED, SHM_UNLOCK, VfsFile};
+
+/// First back-off step while waiting for a lock.
+const FIRST_BACKOFF: Duration = Duration::from_micros(20);
+/// Longest single sleep while waiting for a lock.
+const MAX_BACKOFF: Duration = Duration::from_millis(5);
+
+fn busy_to_false(r: Result<()>) -> Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(FrankenError::Busy) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Tries an exclusive lock on slots `idx..idx+n`; `Ok(false)` when another holder conflicts.
+pub fn try_exclusive<F: VfsFile + ?Sized>(f: &mut F, cx: &Cx, idx: u32, n: u32) -> Result<bool> {
+    busy_to_false(f.shm_lock(cx, idx, n, SHM_LOCK | SHM_EXCLUSIVE))
+}
+
+/// Tries a shared lock on slot `idx`; `Ok(false)` when an exclusive holder conflicts.
+pub fn try_shared<F: VfsFile + ?Sized>(f: &mut F, cx: &Cx, idx: u32) -> Result<bool> {
+    busy_to_false(f.shm_lock(cx, idx, 1, SHM_LOCK | SHM_SHARED))
+}
+
+/// Releases an exclusive lock on slots `idx..idx+n`.
+pub fn unlock_exclusive<F: VfsFile + ?Sized>(f: &mut F, cx: &Cx, idx: u32, n: u32) -> Result<()> {
+    f.shm_lock(cx, idx, n, SHM_UNLOCK | SHM_EXCLUSIVE)
+}
+
+/// Releases a shared lock on slot `idx`.
+pub fn unlock_shared<F: VfsFile + ?Sized>(f: &mut F, cx: &Cx, idx: u32) -> Result<()> {
+    f.shm_lock(cx, idx, 1, SHM_UNLOCK | SHM_SHARED)
+}
+
+/// Repeats `attempt` with back-off until it returns `Ok(true)`, fails, or `timeout`
+/// passes (then `Ok(false)`). A zero timeout makes exactly one attempt.
+pub fn wait_until(
+    cx: &Cx,
+    timeout: Duration,
+    mut attempt: impl FnMut() -> Result<bool>,
+) -> Result<bool> {
+    let start = Instant::now();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if attempt()? {
+            return Ok(true);
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= timeout {
+            return Ok(false);
+        }
+        cx.checkpoint()?;
+        let mut nap = backoff.min(timeout - elapsed);
+        if let Some(rem) = cx.remaining() {
+            nap = nap.min(rem);
+        }
+        std::thread::sleep(nap);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Waits up to `timeout` for an exclusive lock on slots `idx..idx+n`.
+pub fn wait_exclusive<F: VfsFile + ?Sized>(
+    f: &mut F,
+    cx: &Cx,
+    idx: u32,
+    n: u32,
+    timeout: Duration,
+) -> Result<bool> {
+    wait_until(cx, timeout, || try_exclusive(f, cx, idx, n))
+}
+
+/// Waits up to `timeout` for a shared lock on slot `idx`.
+pub fn wait_shared<F: VfsFile + ?Sized>(
+    f: &mut F,
+    cx: &Cx,
+    idx: u32,
+    timeout: Duration,
+) -> Result<bool> {
+    wait_until(cx, timeout, || try_shared(f, cx, idx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_until_times_out_and_succeeds() {
+        let cx = Cx::new();
+        let t = Instant::now();
+        assert!(!wait_until(&cx, Duration::from_millis(30), || Ok(false)).unwrap());
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        let mut n = 0;
+        assert!(
+            wait_until(&cx, Duration::from_secs(5), || {
+                n += 1;
+                Ok(n > 3)
+            })
+            .unwrap()
+        );
+        cx.cancel();
+        assert!(matches!(
+            wait_until(&cx, Duration::from_secs(5), || Ok(false)),
+            Err(FrankenError::Interrupted)
+        ));
+    }
+}
