@@ -62,7 +62,7 @@ pub fn wait_until(
             return Ok(false);
         }
         cx.checkpoint()?;
-        let mut nap = backoff.min(timeout - elapsed);
+        let mut nap = backoff.min(timeout.saturating_sub(elapsed));
         if let Some(rem) = cx.remaining() {
             nap = nap.min(rem);
         }
