@@ -177,7 +177,7 @@ impl<'a> HashSegment<'a> {
 
     /// Removes every entry after the first `limit` of this region (SQLite's
     /// `walCleanupHash` with `iLimit = limit`): hash slots holding an index > `limit` are
-    /// cleared and `aPgno[limit..]` is zeroed.
+    /// cleared and `aPgno[limit..]` is zeroed. inv: HASH_ROLLBACK_CLEAN
     pub fn cleanup_after(&self, limit: u32) {
         // Slots are cleared a 32-bit word (two slots) at a time; only the writer stores
         // slots, so a plain load/store of the word cannot lose a concurrent update.
@@ -214,6 +214,8 @@ impl<'a> HashSegment<'a> {
     ///     if min <= f <= mx and aPgno[s-1] == pgno: found = f   // the later insert wins
     ///     if guard == 0: CORRUPT; guard -= 1; key = next(key)
     /// ```
+    ///
+    /// inv: HASH_LOOKUP_NEWEST (together with [`WalIndex::find_frame`](super::WalIndex::find_frame)).
     ///
     /// A slot value larger than the region's capacity cannot be written by any writer and
     /// is reported as `WalCorrupt` (SQLite masks it and reads an unrelated word).

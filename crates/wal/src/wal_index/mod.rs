@@ -123,6 +123,14 @@
 //!     return none
 //! ```
 //!
+//! inv: HASH_LOOKUP_NEWEST — `find` returns the newest frame in `[min, mx]` holding P
+//! (proptest `tests/wal_index_hash.rs` against a naive model, and against SQLite's own
+//! regions in `tests/wal_index_sqlite.rs`).
+//! inv: HASH_ROLLBACK_CLEAN — after `cleanup(mx)` (or a dead writer's leftovers cleaned by
+//! the next `append`), regions `0..=region(mx)` are byte-identical to a fresh build of
+//! frames `1..=mx` (same proptest); regions built by `append` are byte-identical to
+//! SQLite's (`tests/wal_index_sqlite.rs`).
+//!
 //! Entries past a reader's `mxFrame` may be written concurrently; the `f <= mx` test makes
 //! them invisible, and the slot's Release store (Acquire load) makes the `aPgno` entry it
 //! names visible. Only the WRITE-lock holder or recovery extends the index; readers map
