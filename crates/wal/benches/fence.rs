@@ -24,9 +24,10 @@ fn uncontended(c: &mut Criterion) {
     let fence = RecoveryFence::new();
     g.bench_function("uncontended_acquire_release", |b| {
         b.iter(|| {
-            let guard = black_box(&fence).try_acquire_for_recovery();
-            black_box(&guard);
-            drop(guard);
+            if let Some(mut guard) = black_box(&fence).try_acquire_for_recovery() {
+                guard.complete();
+                black_box(&guard);
+            }
         });
     });
     let flag = AtomicBool::new(false);
@@ -90,15 +91,16 @@ fn storm(reps: usize) {
         .flat_map(|h| h.join().expect("storm thread"))
         .collect();
     all.sort_unstable();
-    let q = |p: f64| all[((all.len() - 1) as f64 * p) as usize];
+    // Quantile `per_mille`/1000 by rank.
+    let q = |per_mille: usize| all[(all.len() - 1) * per_mille / 1000];
     println!(
         "fence storm: {THREADS} threads x {ROUNDS} rounds, {HOLD:?} held, {reps} repetitions, \
          {} acquires in {wall:.2?}: wait median {:?}, p99 {:?}, p99.9 {:?}, max {:?}; \
          generation {}",
         all.len(),
-        q(0.5),
-        q(0.99),
-        q(0.999),
+        q(500),
+        q(990),
+        q(999),
         all[all.len() - 1],
         fence.generation()
     );

@@ -861,4 +861,38 @@ mod tests {
             .holds()
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn plan_matches_a_reference(
+            entries in proptest::collection::vec((0u32..40, 0u32..60), 0..120),
+            n_backfill in 0u32..30,
+            span in 0u32..40,
+            n_page in 0u32..45,
+            max_run in 0u32..6,
+        ) {
+            let safe = n_backfill + span;
+            let plan = plan_backfill(entries.iter().copied(), n_backfill, safe, n_page, max_run);
+            let mut want = std::collections::BTreeMap::new();
+            for &(p, f) in &entries {
+                if p != 0 && p <= n_page && f > n_backfill && f <= safe {
+                    let e = want.entry(p).or_insert(f);
+                    *e = (*e).max(f);
+                }
+            }
+            let got: Vec<(u32, u32)> = plan.runs.iter().flat_map(BackfillRun::pages).collect();
+            proptest::prop_assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+            for w in plan.runs.windows(2) {
+                let end = w[0].first_page.get() + w[0].page_count();
+                // A run ends where pages stop being adjacent, or at the length limit.
+                proptest::prop_assert!(
+                    w[1].first_page.get() > end
+                        || (w[1].first_page.get() == end && w[0].page_count() == max_run.max(1))
+                );
+            }
+            for r in &plan.runs {
+                proptest::prop_assert!(r.page_count() >= 1 && r.page_count() <= max_run.max(1));
+            }
+        }
+    }
 }

@@ -208,7 +208,7 @@ fn read_mark_model(recheck: Recheck) {
 #[test]
 fn read_mark_vs_checkpoint() {
     model("read_mark_vs_checkpoint", || {
-        read_mark_model(Recheck::MarkAndHeader)
+        read_mark_model(Recheck::MarkAndHeader);
     });
 }
 
