@@ -1,1 +1,37 @@
-//! fsqlite-mvcc
+//! # fsqlite-mvcc
+//!
+//! Compatibility with legacy SQLite processes (ARCHITECTURE.md, "fsqlite-mvcc"): pick the
+//! operating mode when a database is opened, keep SQLite's `-shm` current on every commit so
+//! SQLite readers see our commits, hold `WAL_WRITE_LOCK` so SQLite writers get
+//! `SQLITE_BUSY`, and probe for and recover from a dead coordinator.
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | [`compat`] | the pure API: [`CompatMode`], [`begin_concurrent_check`], [`HybridShmState`], [`choose_reader_slot`], [`CoordinatorProbeResult`], [`RecoveryPlan`] (and its constructor that reads a real `-shm`) |
+//! | [`lifecycle`] | [`process_alive_os`] and the coordinator record `<db>.fsqlite-shm`, byte by byte |
+//! | [`coordinator`] | [`Coordinator`]: open (mode choice), probe, takeover and recovery, commit, close |
+//! | [`heap_shm`] | [`HeapShmVfs`]: `FileLockOnly` without shared memory (heap WAL-index, database held EXCLUSIVE) |
+//!
+//! ```
+//! use fsqlite_mvcc::{CompatMode, begin_concurrent_check};
+//!
+//! assert!(begin_concurrent_check(CompatMode::HybridShm).is_ok());
+//! let e = begin_concurrent_check(CompatMode::FileLockOnly).unwrap_err();
+//! assert_eq!(e.error_code(), fsqlite_error::ErrorCode::Error);
+//! assert!(e.suggestion().is_some());
+//! ```
+
+pub mod compat;
+pub mod coordinator;
+pub mod heap_shm;
+pub mod lifecycle;
+
+pub use compat::{
+    CompatMode, CoordinatorProbeResult, HybridShmState, ReadLockOutcome, RecoveryPlan,
+    ShmInspection, UpdatedLegacyShm, begin_concurrent_check, choose_reader_slot,
+};
+pub use coordinator::{
+    Coordinator, CoordinatorOptions, KILL_AT_ENV, KillAt, KillPoint, ProbeReport, Takeover,
+};
+pub use heap_shm::{HeapShmFile, HeapShmVfs};
+pub use lifecycle::{CoordinatorRecord, RecordDefect, RecordState, process_alive_os};

@@ -1,0 +1,1336 @@
+//! The hybrid-mode coordinator: [`Coordinator`] opens a database, picks the
+//! [`CompatMode`], probes for a running coordinator, recovers from a dead one, commits
+//! pages so that legacy SQLite readers see every commit, and keeps legacy SQLite writers
+//! out for its whole life.
+//!
+//! ```text
+//! open     db file, SHARED lock (held for life)
+//!          mode: HybridShm iff the legacy -shm opens AND <db>.fsqlite-shm opens read-write;
+//!                else FileLockOnly: a plain fsqlite_wal::Wal connection (SQLite's own
+//!                protocol, WAL_WRITE_LOCK per transaction), or, when the -shm itself is
+//!                unusable, a Wal over HeapShmVfs (heap WAL-index, database EXCLUSIVE);
+//!                one info line says which, and why
+//! probe    wait up to probe_timeout for WAL_WRITE_LOCK (exclusive) on the legacy -shm;
+//!          got it                                  -> NoCoordinator (we keep the lock)
+//!          busy, record names a live process       -> Active   (open fails with Busy)
+//!          busy past the timeout, nobody alive     -> Timeout  (open fails with Busy)
+//! takeover (holding WAL_WRITE_LOCK, from now on until close)
+//!          plan := RecoveryPlan::inspect_shm(the real -shm)
+//!          if plan.needs_recovery(): under the in-process RecoveryFence and the
+//!              CKPT + RECOVER locks: rebuild the index from the WAL's valid prefix,
+//!              or clear stale read marks / reset broken backfill counters
+//!          record := {active, our pid + start time, generation + 1}
+//! commit   [restart the WAL if a checkpointer backfilled everything and no reader
+//!          uses it] -> append frames (checksums chained) -> (kill: before_wal_sync)
+//!          -> fsync per SyncMode -> (after_wal_sync) -> legacy hash tables
+//!          -> (after_hash) -> HybridShmState::update_legacy_shm -> publish copy B,
+//!          (mid_publish), barrier, copy A -> (after_publish) -> return
+//! close    record := closed -> release WAL_WRITE_LOCK and the -shm -> if asked, a
+//!          fsqlite_wal::Wal connection checkpoints and, when it is the last user,
+//!          removes -wal and -shm (as SQLite's last connection does)
+//! ```
+//!
+//! # Why the coordinator does not use `fsqlite_wal::Wal` in hybrid mode
+//!
+//! `Wal` takes `WAL_WRITE_LOCK` per write transaction and releases it at commit. The
+//! coordinator must hold it for life, and with open-file-description locks a second handle
+//! holding it would also block the coordinator's own `Wal`. So the commit path is built
+//! from `fsqlite-wal`'s pieces ([`WalFile`] append and sync, [`WalIndex`] hash tables,
+//! [`publish_header`]) on the one database handle that holds the lock.
+//!
+//! # Crash safety
+//!
+//! A commit is acknowledged (returns `Ok`) only after its frames are synced (per
+//! [`SyncMode`]), indexed and published. A kill at any earlier point leaves either the old
+//! published header (the frames past it are overwritten by the next coordinator, or found
+//! by a rebuild when no legacy reader kept the `-shm` alive) or torn header copies (the
+//! next coordinator, or a legacy SQLite reader, rebuilds the index from the WAL). Either
+//! way nothing acknowledged is lost; the unacknowledged commit may or may not survive.
+//!
+//! # Kill points (tests)
+//!
+//! `FSQLITE_MVCC_KILL_AT=<point>[:<n>]` (read by [`CoordinatorOptions::default`]), or
+//! [`CoordinatorOptions::kill_at`], makes the process `SIGKILL` itself at `<point>` of its
+//! `n`th hybrid commit (default 1). Points: `before_wal_sync`, `after_wal_sync`,
+//! `after_hash` (between the hash-table update and the header publish), `mid_publish`
+//! (copy B written, copy A not), `after_publish` (before the commit returns). Unset, it
+//! costs one branch per point.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fsqlite_error::{FrankenError, Result};
+use fsqlite_types::sync_primitives::Instant;
+use fsqlite_types::{Cx, LockLevel, PageNumber, PageSize, VfsOpenFlags};
+use fsqlite_vfs::{
+    ShmRegion, Vfs, VfsFile, WAL_CKPT_LOCK, WAL_RECOVER_LOCK, WAL_WRITE_LOCK, wal_read_lock,
+};
+use fsqlite_wal::checkpoint_executor::wal_frame_data_offset;
+use fsqlite_wal::checksum::WAL_HEADER_SIZE;
+use fsqlite_wal::db_header::{DB_HEADER_SIZE, DbHeader};
+use fsqlite_wal::format::WalHeader;
+use fsqlite_wal::locks;
+use fsqlite_wal::recovery_fence::{
+    RECOVERY_FENCE_BACKOFF, RECOVERY_FENCE_MAX_RETRIES, RecoveryFence,
+};
+use fsqlite_wal::wal_index::{
+    HeaderDefect, HeaderMemory, HeaderRead, HeapRegions, READMARK_NOT_USED, WAL_READ_MARK_COUNT,
+    WALINDEX_PGSZ, WalCkptInfo, WalIndex, WalIndexHdr, copy_region_into, publish_header,
+    unsupported_version_error,
+};
+use fsqlite_wal::{SyncMode, Wal, WalFile, WalOptions, WalState};
+
+use crate::compat::{
+    CompatMode, CoordinatorProbeResult, HybridShmState, RecoveryPlan, ShmInspection,
+    begin_concurrent_check,
+};
+use crate::heap_shm::HeapShmVfs;
+use crate::lifecycle::{CoordinatorRecord, RecordDefect, RecordState, record_path};
+
+const TRACE: &str = "fsqlite.mvcc.coordinator";
+
+/// The environment variable read by [`KillAt::from_env`].
+pub const KILL_AT_ENV: &str = "FSQLITE_MVCC_KILL_AT";
+
+/// Where in a hybrid commit a test kill hook fires (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KillPoint {
+    /// Frames written, WAL not yet synced.
+    BeforeWalSync,
+    /// WAL synced, hash tables not yet updated.
+    AfterWalSync,
+    /// Hash tables updated, header not yet published.
+    AfterHash,
+    /// Header copy B written, copy A not.
+    MidPublish,
+    /// Header published, the commit has not returned.
+    AfterPublish,
+}
+
+impl KillPoint {
+    /// Every point, in commit order.
+    pub const ALL: [KillPoint; 5] = [
+        Self::BeforeWalSync,
+        Self::AfterWalSync,
+        Self::AfterHash,
+        Self::MidPublish,
+        Self::AfterPublish,
+    ];
+
+    /// The name used in [`KILL_AT_ENV`].
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::BeforeWalSync => "before_wal_sync",
+            Self::AfterWalSync => "after_wal_sync",
+            Self::AfterHash => "after_hash",
+            Self::MidPublish => "mid_publish",
+            Self::AfterPublish => "after_publish",
+        }
+    }
+}
+
+impl FromStr for KillPoint {
+    type Err = FrankenError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| FrankenError::out_of_range("coordinator kill point", s))
+    }
+}
+
+/// Kill the process at `point` of the `commit`th (1-based) hybrid commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KillAt {
+    /// Where.
+    pub point: KillPoint,
+    /// Which commit of this coordinator (1-based).
+    pub commit: u64,
+}
+
+impl FromStr for KillAt {
+    type Err = FrankenError;
+
+    /// `<point>` or `<point>:<n>` (n >= 1).
+    fn from_str(s: &str) -> Result<Self> {
+        let (point, n) = match s.split_once(':') {
+            Some((p, n)) => (
+                p,
+                n.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| FrankenError::out_of_range(KILL_AT_ENV, s))?,
+            ),
+            None => (s, 1),
+        };
+        Ok(Self {
+            point: point.parse()?,
+            commit: n,
+        })
+    }
+}
+
+impl KillAt {
+    /// The hook named by [`KILL_AT_ENV`], if set and well formed (a malformed value is
+    /// logged and ignored).
+    pub fn from_env() -> Option<Self> {
+        let v = std::env::var(KILL_AT_ENV).ok()?;
+        match v.parse() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::error!(target: TRACE, %e, "ignoring malformed {KILL_AT_ENV}");
+                None
+            }
+        }
+    }
+}
+
+/// Sends SIGKILL to this process (a real kill -9, not an abort).
+fn kill_self(point: KillPoint) -> ! {
+    tracing::warn!(target: TRACE, point = point.as_str(), "kill hook: SIGKILL to self");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+    std::process::abort()
+}
+
+/// Options for [`Coordinator::open`].
+#[derive(Clone, Debug)]
+pub struct CoordinatorOptions {
+    /// Durability of commits (default [`SyncMode::Full`]).
+    pub sync: SyncMode,
+    /// Page size of a new (empty) database; default 4096.
+    pub page_size: u32,
+    /// How long lock waits (the database SHARED lock, recovery locks) may take; 5 s.
+    pub busy_timeout: Duration,
+    /// How long the probe waits for `WAL_WRITE_LOCK`; 2 s.
+    pub probe_timeout: Duration,
+    /// Try hybrid mode at all (default true; false always gives `FileLockOnly`).
+    pub hybrid: bool,
+    /// On close, checkpoint and (when last) remove `-wal`/`-shm` like SQLite; default true.
+    pub checkpoint_on_close: bool,
+    /// Test kill hook; the default reads [`KILL_AT_ENV`].
+    pub kill_at: Option<KillAt>,
+}
+
+impl Default for CoordinatorOptions {
+    fn default() -> Self {
+        Self {
+            sync: SyncMode::Full,
+            page_size: 4096,
+            busy_timeout: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(2),
+            hybrid: true,
+            checkpoint_on_close: true,
+            kill_at: KillAt::from_env(),
+        }
+    }
+}
+
+/// What a probe found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// The verdict.
+    pub result: CoordinatorProbeResult,
+    /// The coordinator record, if one could be read and was valid.
+    pub record: Option<CoordinatorRecord>,
+    /// Why the record could not be used, if it could not.
+    pub record_defect: Option<RecordDefect>,
+    /// How long the probe waited.
+    pub waited: Duration,
+}
+
+/// What happened when this coordinator took over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Takeover {
+    /// The record left by the previous coordinator, if any.
+    pub previous: Option<CoordinatorRecord>,
+    /// The record said "active" although nobody held `WAL_WRITE_LOCK`: the previous
+    /// coordinator died (or was dropped without [`Coordinator::close`]).
+    pub previous_died: bool,
+    /// What the live `-shm` needed.
+    pub plan: RecoveryPlan,
+    /// Why the header was not usable, if it was not.
+    pub defect: Option<HeaderDefect>,
+    /// Read-mark slots that were stale.
+    pub stale_marks: Vec<usize>,
+    /// Whether the WAL-index was rebuilt from the WAL.
+    pub rebuilt: bool,
+    /// `mxFrame` after the takeover.
+    pub mx_frame: u32,
+    /// This coordinator's generation.
+    pub generation: u64,
+}
+
+/// A database opened through the coordinator (see the module docs).
+pub struct Coordinator<V: Vfs> {
+    db_path: PathBuf,
+    mode: CompatMode,
+    mode_reason: String,
+    inner: Inner<V>,
+}
+
+enum Inner<V: Vfs> {
+    Hybrid(Box<Hybrid<V>>),
+    /// SQLite's protocol on the shared `-shm`.
+    FileLock(Box<Wal<V>>),
+    /// No shared memory: heap WAL-index, database held EXCLUSIVE ([`HeapShmVfs`]).
+    Exclusive(Box<Wal<HeapShmVfs<V>>>),
+}
+
+/// What [`choose_mode`] decided.
+enum Choice<F> {
+    /// Hybrid, with the open record file.
+    Hybrid(F),
+    /// SQLite's protocol on the shared `-shm`.
+    FileLock,
+    /// No usable shared memory.
+    Exclusive,
+}
+
+fn wal_options(options: &CoordinatorOptions) -> WalOptions {
+    WalOptions {
+        sync: options.sync,
+        page_size: options.page_size,
+        busy_timeout: options.busy_timeout,
+        checkpoint_on_close: options.checkpoint_on_close,
+        ..WalOptions::default()
+    }
+}
+
+fn wal_commit<W: Vfs>(
+    w: &mut Wal<W>,
+    cx: &Cx,
+    pages: &[(PageNumber, &[u8])],
+    db_size: u32,
+) -> Result<u32> {
+    let mut tx = w.begin_write(cx)?;
+    for (page, data) in pages {
+        tx.write_page(cx, *page, data)?;
+    }
+    tx.commit(cx, db_size)
+}
+
+impl<V: Vfs> std::fmt::Debug for Coordinator<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Coordinator");
+        d.field("db_path", &self.db_path)
+            .field("mode", &self.mode)
+            .field("mode_reason", &self.mode_reason);
+        if let Inner::Hybrid(h) = &self.inner {
+            d.field("mx_frame", &h.state.legacy_hdr().mx_frame)
+                .field("generation", &h.record.generation)
+                .field("commits", &h.commits);
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+/// The hybrid coordinator's state (one database handle holding `WAL_WRITE_LOCK`).
+struct Hybrid<V: Vfs> {
+    vfs: Arc<V>,
+    db_path: PathBuf,
+    db: V::File,
+    wal: WalFile<V::File>,
+    wal_path: PathBuf,
+    shm_path: PathBuf,
+    record_file: V::File,
+    index: WalIndex,
+    state: HybridShmState,
+    page_size: PageSize,
+    options: CoordinatorOptions,
+    record: CoordinatorRecord,
+    takeover: Takeover,
+    commits: u64,
+    latched: Option<String>,
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Reads and decodes the coordinator record (`Ok(Err(defect))` for a bad one).
+fn read_record<F: VfsFile + ?Sized>(
+    cx: &Cx,
+    file: &F,
+) -> Result<std::result::Result<CoordinatorRecord, RecordDefect>> {
+    let mut buf = [0u8; crate::lifecycle::RECORD_SIZE];
+    let n = file.read(cx, &mut buf, 0)?;
+    Ok(CoordinatorRecord::decode(&buf[..n]))
+}
+
+/// Waits up to `timeout` for `WAL_WRITE_LOCK` on `db`'s `-shm`, stopping early when the
+/// record names a live coordinator. On `NoCoordinator` the lock stays held.
+fn probe_locked<F: VfsFile + ?Sized>(
+    cx: &Cx,
+    db: &mut F,
+    record_file: Option<&F>,
+    timeout: Duration,
+) -> Result<ProbeReport> {
+    let start = Instant::now();
+    let mut got = false;
+    let mut live = false;
+    let mut record = Err(RecordDefect::TooShort { len: 0 });
+    locks::wait_until(cx, timeout, || {
+        if locks::try_exclusive(db, cx, WAL_WRITE_LOCK, 1)? {
+            got = true;
+            return Ok(true);
+        }
+        if let Some(f) = record_file {
+            record = read_record(cx, f)?;
+        }
+        live = record.as_ref().is_ok_and(CoordinatorRecord::owner_alive_os);
+        Ok(live)
+    })?;
+    if got && let Some(f) = record_file {
+        record = read_record(cx, f)?;
+    }
+    let result = if got {
+        CoordinatorProbeResult::NoCoordinator
+    } else if live {
+        CoordinatorProbeResult::Active
+    } else {
+        CoordinatorProbeResult::Timeout
+    };
+    let (record, record_defect) = match record {
+        Ok(r) => (Some(r), None),
+        Err(d) => (None, Some(d)),
+    };
+    let waited = Instant::now().duration_since(start);
+    tracing::debug!(target: TRACE, ?result, ?record, ?record_defect, waited_us = waited.as_micros() as u64, "coordinator probe");
+    Ok(ProbeReport {
+        result,
+        record,
+        record_defect,
+        waited,
+    })
+}
+
+/// Opens `db_path`'s main file and reads its page size (`options.page_size` for an empty
+/// file); the file must be a SQLite database in WAL mode.
+fn open_db<V: Vfs>(
+    cx: &Cx,
+    vfs: &V,
+    db_path: &Path,
+    flags: VfsOpenFlags,
+    default_page_size: u32,
+) -> Result<(V::File, PageSize)> {
+    let (db, _) = vfs.open(cx, Some(db_path), flags | VfsOpenFlags::MAIN_DB)?;
+    let page_size = if db.file_size(cx)? == 0 {
+        PageSize::try_new(default_page_size)?
+    } else {
+        let mut head = [0u8; DB_HEADER_SIZE];
+        db.read(cx, &mut head, 0)?;
+        let h = DbHeader::parse(&head, db_path)?;
+        h.require_wal_mode(db_path)?;
+        h.page_size
+    };
+    Ok((db, page_size))
+}
+
+impl<V: Vfs> Coordinator<V> {
+    /// Opens `db_path` (see the module docs): picks the mode and says which in an `info`
+    /// line (target `fsqlite.mvcc.coordinator`); in hybrid mode probes, recovers if the
+    /// previous coordinator died, and takes over. `Busy` when a live coordinator runs
+    /// ([`CoordinatorProbeResult::Active`]) or `WAL_WRITE_LOCK` stays busy
+    /// ([`CoordinatorProbeResult::Timeout`]).
+    pub fn open(
+        cx: &Cx,
+        vfs: Arc<V>,
+        db_path: impl AsRef<Path>,
+        options: CoordinatorOptions,
+    ) -> Result<Self> {
+        let db_path = vfs.full_pathname(cx, db_path.as_ref())?;
+        let rw = VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE;
+        let (mut db, page_size) = open_db(cx, &*vfs, &db_path, rw, options.page_size)?;
+        let ok = locks::wait_until(cx, options.busy_timeout, || {
+            match db.lock(cx, LockLevel::Shared) {
+                Ok(()) => Ok(true),
+                Err(FrankenError::Busy) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })?;
+        if !ok {
+            return Err(FrankenError::Busy);
+        }
+        let (choice, reason) = choose_mode(cx, &*vfs, &mut db, &db_path, &options)?;
+        let mode = match choice {
+            Choice::Hybrid(_) => CompatMode::HybridShm,
+            Choice::FileLock | Choice::Exclusive => CompatMode::FileLockOnly,
+        };
+        tracing::info!(
+            target: TRACE,
+            db = %db_path.display(),
+            %mode,
+            reason = %reason,
+            "opening {} in {mode} mode: {reason}",
+            db_path.display()
+        );
+        let open_failed = |e: &FrankenError| {
+            tracing::error!(target: TRACE, db = %db_path.display(), error = %e, "file-lock-only open failed");
+        };
+        let inner = match choice {
+            Choice::Hybrid(record_file) => Inner::Hybrid(Box::new(Hybrid::open(
+                cx,
+                vfs,
+                &db_path,
+                db,
+                record_file,
+                page_size,
+                options,
+            )?)),
+            Choice::FileLock | Choice::Exclusive => {
+                let exclusive = matches!(choice, Choice::Exclusive);
+                let _ = db.shm_unmap(cx, false);
+                let _ = db.unlock(cx, LockLevel::None);
+                drop(db);
+                if exclusive {
+                    let heap = Arc::new(HeapShmVfs::new(vfs));
+                    let wal = Wal::open(cx, heap, &db_path, wal_options(&options))
+                        .inspect_err(open_failed)?;
+                    Inner::Exclusive(Box::new(wal))
+                } else {
+                    let wal = Wal::open(cx, vfs, &db_path, wal_options(&options))
+                        .inspect_err(open_failed)?;
+                    Inner::FileLock(Box::new(wal))
+                }
+            }
+        };
+        Ok(Self {
+            db_path,
+            mode,
+            mode_reason: reason,
+            inner,
+        })
+    }
+
+    /// Probes `db_path` for a live coordinator without taking over: waits up to `timeout`
+    /// for `WAL_WRITE_LOCK` (released again at once when obtained) and reads the record.
+    pub fn probe(
+        cx: &Cx,
+        vfs: &V,
+        db_path: impl AsRef<Path>,
+        timeout: Duration,
+    ) -> Result<ProbeReport> {
+        let db_path = vfs.full_pathname(cx, db_path.as_ref())?;
+        let (mut db, _) = open_db(cx, vfs, &db_path, VfsOpenFlags::READWRITE, 4096)?;
+        let rpath = record_path(&db_path);
+        let record_file = vfs
+            .open(cx, Some(&rpath), VfsOpenFlags::READONLY)
+            .ok()
+            .map(|(f, _)| f);
+        let r = probe_locked(cx, &mut db, record_file.as_ref(), timeout);
+        if matches!(&r, Ok(p) if p.result == CoordinatorProbeResult::NoCoordinator) {
+            let _ = locks::unlock_exclusive(&mut db, cx, WAL_WRITE_LOCK, 1);
+        }
+        let _ = db.shm_unmap(cx, false);
+        r
+    }
+
+    /// The mode chosen at open.
+    pub fn mode(&self) -> CompatMode {
+        self.mode
+    }
+
+    /// Why that mode was chosen (the text of the open log line).
+    pub fn mode_reason(&self) -> &str {
+        &self.mode_reason
+    }
+
+    /// The database path (absolute).
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    /// The gate for `BEGIN CONCURRENT`: `Err(ConcurrentUnavailable)` in `FileLockOnly`.
+    pub fn begin_concurrent(&self) -> Result<()> {
+        begin_concurrent_check(self.mode)
+    }
+
+    /// What happened at takeover (hybrid mode only).
+    pub fn takeover(&self) -> Option<&Takeover> {
+        match &self.inner {
+            Inner::Hybrid(h) => Some(&h.takeover),
+            Inner::FileLock(_) | Inner::Exclusive(_) => None,
+        }
+    }
+
+    /// This coordinator's record (hybrid mode only).
+    pub fn record(&self) -> Option<CoordinatorRecord> {
+        match &self.inner {
+            Inner::Hybrid(h) => Some(h.record),
+            Inner::FileLock(_) | Inner::Exclusive(_) => None,
+        }
+    }
+
+    /// The legacy `-shm` state the coordinator publishes (hybrid mode only).
+    pub fn legacy_state(&self) -> Option<&HybridShmState> {
+        match &self.inner {
+            Inner::Hybrid(h) => Some(&h.state),
+            Inner::FileLock(_) | Inner::Exclusive(_) => None,
+        }
+    }
+
+    /// The page size.
+    pub fn page_size(&self) -> u32 {
+        match &self.inner {
+            Inner::Hybrid(h) => h.page_size.get(),
+            Inner::FileLock(w) => w.page_size(),
+            Inner::Exclusive(w) => w.page_size(),
+        }
+    }
+
+    /// Commits `pages` (each exactly one page; those above `db_size` are dropped) with the
+    /// database size `db_size` and returns the new last commit frame. When this returns
+    /// `Ok`, the commit is durable per [`SyncMode`] and visible to every new reader,
+    /// legacy SQLite processes included.
+    pub fn commit(&mut self, cx: &Cx, pages: &[(PageNumber, &[u8])], db_size: u32) -> Result<u32> {
+        match &mut self.inner {
+            Inner::Hybrid(h) => h.commit(cx, pages, db_size),
+            Inner::FileLock(w) => wal_commit(w, cx, pages, db_size),
+            Inner::Exclusive(w) => wal_commit(w, cx, pages, db_size),
+        }
+    }
+
+    /// Reads the newest committed version of `page` into `buf` (one page).
+    pub fn read_page(&mut self, cx: &Cx, page: PageNumber, buf: &mut [u8]) -> Result<()> {
+        match &mut self.inner {
+            Inner::Hybrid(h) => h.read_page(cx, page, buf),
+            Inner::FileLock(w) => w.begin_read(cx)?.read_page(cx, page, buf),
+            Inner::Exclusive(w) => w.begin_read(cx)?.read_page(cx, page, buf),
+        }
+    }
+
+    /// The database size in pages after the last commit.
+    pub fn db_size(&mut self, cx: &Cx) -> Result<u32> {
+        match &mut self.inner {
+            Inner::Hybrid(h) => h.db_size(cx),
+            Inner::FileLock(w) => Ok(w.begin_read(cx)?.db_size()),
+            Inner::Exclusive(w) => Ok(w.begin_read(cx)?.db_size()),
+        }
+    }
+
+    /// Closes: in hybrid mode marks the record closed and releases `WAL_WRITE_LOCK` (legacy
+    /// writers may write again), then, with `checkpoint_on_close`, checkpoints through a
+    /// `fsqlite_wal::Wal` connection that removes `-wal` and `-shm` when it is the last user.
+    pub fn close(self, cx: &Cx) -> Result<()> {
+        match self.inner {
+            Inner::Hybrid(h) => (*h).close(cx),
+            Inner::FileLock(w) => w.close(cx),
+            Inner::Exclusive(w) => w.close(cx),
+        }
+    }
+}
+
+/// Decides the mode (and, in hybrid mode, opens the record file).
+fn choose_mode<V: Vfs>(
+    cx: &Cx,
+    vfs: &V,
+    db: &mut V::File,
+    db_path: &Path,
+    options: &CoordinatorOptions,
+) -> Result<(Choice<V::File>, String)> {
+    // Busy means another process is initializing the -shm (DMS): wait, do not give up.
+    let mapped = locks::wait_until(cx, options.busy_timeout, || {
+        match db.shm_map(cx, 0, WALINDEX_PGSZ as u32, false) {
+            Ok(_) => Ok(true),
+            Err(FrankenError::Busy) => Ok(false),
+            Err(e) => Err(e),
+        }
+    });
+    match mapped {
+        Ok(true) => {}
+        Ok(false) => return Err(FrankenError::Busy),
+        Err(e @ FrankenError::Interrupted) => return Err(e),
+        Err(e) => {
+            return Ok((
+                Choice::Exclusive,
+                format!(
+                    "the legacy -shm of {} cannot be used ({e}); the WAL-index lives in this \
+                 process and the database is held EXCLUSIVE (other processes get SQLITE_BUSY)",
+                    db_path.display()
+                ),
+            ));
+        }
+    }
+    if !options.hybrid {
+        return Ok((
+            Choice::FileLock,
+            "hybrid mode is turned off (CoordinatorOptions::hybrid)".to_owned(),
+        ));
+    }
+    let rpath = record_path(db_path);
+    Ok(
+        match vfs.open(
+            cx,
+            Some(&rpath),
+            VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE,
+        ) {
+            Ok((_, flags)) if flags.contains(VfsOpenFlags::READONLY) => (
+                Choice::FileLock,
+                format!("{} can only be opened read-only", rpath.display()),
+            ),
+            Ok((f, _)) => (
+                Choice::Hybrid(f),
+                format!(
+                    "{} and the legacy -shm are available; this process coordinates",
+                    rpath.display()
+                ),
+            ),
+            Err(e) => (
+                Choice::FileLock,
+                format!("{} cannot be created: {e}", rpath.display()),
+            ),
+        },
+    )
+}
+
+/// `HeaderMemory` over region 0 that can kill the process between copy B and copy A.
+struct PublishTarget<'a> {
+    region: &'a ShmRegion,
+    kill_mid_publish: bool,
+}
+
+impl HeaderMemory for PublishTarget<'_> {
+    fn load_word(&self, word: usize) -> u32 {
+        HeaderMemory::load_word(self.region, word)
+    }
+
+    fn store_word(&self, word: usize, v: u32) {
+        HeaderMemory::store_word(self.region, word, v);
+    }
+
+    fn barrier(&self) {
+        // publish_header calls this exactly once, between copy B and copy A.
+        if self.kill_mid_publish {
+            kill_self(KillPoint::MidPublish);
+        }
+        HeaderMemory::barrier(self.region);
+    }
+}
+
+impl<V: Vfs> Hybrid<V> {
+    fn open(
+        cx: &Cx,
+        vfs: Arc<V>,
+        db_path: &Path,
+        mut db: V::File,
+        record_file: V::File,
+        page_size: PageSize,
+        options: CoordinatorOptions,
+    ) -> Result<Self> {
+        let probe = probe_locked(cx, &mut db, Some(&record_file), options.probe_timeout)?;
+        match probe.result {
+            CoordinatorProbeResult::NoCoordinator => {}
+            CoordinatorProbeResult::Active => {
+                let pid = probe.record.map_or(0, |r| r.pid);
+                tracing::info!(target: TRACE, db = %db_path.display(), pid, "another coordinator is active");
+                return Err(FrankenError::Busy);
+            }
+            CoordinatorProbeResult::Timeout => {
+                tracing::info!(target: TRACE, db = %db_path.display(), waited_ms = probe.waited.as_millis() as u64,
+                    "WAL_WRITE_LOCK stayed busy and no live coordinator is recorded (a legacy writer?)");
+                return Err(FrankenError::Busy);
+            }
+        }
+        // From here on we hold WAL_WRITE_LOCK; dropping `db` on an error releases it.
+        let wal_path = sibling(db_path, "-wal");
+        let shm_path = sibling(db_path, "-shm");
+        let (wal_file, _) = vfs.open(
+            cx,
+            Some(&wal_path),
+            VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE | VfsOpenFlags::WAL,
+        )?;
+        // The coordinator places every sync itself (see commit), so the WalFile never syncs.
+        let wal = WalFile::attach(wal_file, Some(wal_path.clone())).with_sync_mode(SyncMode::Off);
+        let mut state = HybridShmState::new(WalIndexHdr::default(), WalCkptInfo::default());
+        state.mark_write_lock_held(Instant::now());
+        let previous = probe.record;
+        let generation = previous.map_or(0, |r| r.generation).wrapping_add(1);
+        let mut this = Self {
+            vfs,
+            db_path: db_path.to_path_buf(),
+            db,
+            wal,
+            wal_path,
+            shm_path,
+            record_file,
+            index: WalIndex::new(),
+            state,
+            page_size,
+            options,
+            record: CoordinatorRecord::for_this_process(generation),
+            takeover: Takeover {
+                previous,
+                previous_died: previous.is_some_and(|r| r.state == RecordState::Active),
+                plan: RecoveryPlan::default(),
+                defect: None,
+                stale_marks: Vec::new(),
+                rebuilt: false,
+                mx_frame: 0,
+                generation,
+            },
+            commits: 0,
+            latched: None,
+        };
+        this.take_over(cx)?;
+        Ok(this)
+    }
+}
+
+const _: () = assert!(WAL_RECOVER_LOCK == WAL_CKPT_LOCK + 1);
+
+impl<V: Vfs> Hybrid<V> {
+    fn latch(&mut self, e: &FrankenError) {
+        if self.latched.is_none() {
+            tracing::error!(target: TRACE, db = %self.db_path.display(), error = %e,
+                "commit failed after its frames were written; the coordinator refuses further \
+                 commits until it is reopened");
+            self.latched = Some(e.to_string());
+        }
+    }
+
+    fn region0(&mut self, cx: &Cx) -> Result<ShmRegion> {
+        self.index
+            .map_region(cx, &mut self.db, 0, true)?
+            .cloned()
+            .ok_or_else(|| FrankenError::internal("WAL-index region 0 could not be mapped"))
+    }
+
+    /// The live header, which must be valid (after takeover or recovery).
+    fn read_live_header(&mut self, cx: &Cx) -> Result<WalIndexHdr> {
+        let mut hdr = WalIndexHdr::default();
+        match self.index.read_header(cx, &mut self.db, true, &mut hdr)? {
+            HeaderRead::Unchanged | HeaderRead::Changed => Ok(hdr),
+            HeaderRead::UnsupportedVersion { found } => {
+                Err(unsupported_version_error(&self.shm_path, found))
+            }
+            HeaderRead::NeedsRecovery(d) => Err(FrankenError::internal(format!(
+                "the WAL-index header of {} is unusable ({d}) although this coordinator holds \
+                 WAL_WRITE_LOCK and recovered it",
+                self.shm_path.display()
+            ))),
+        }
+    }
+
+    /// Steps 2-4 of the takeover (see the module docs); the caller holds WAL_WRITE_LOCK.
+    fn take_over(&mut self, cx: &Cx) -> Result<()> {
+        let inspection = RecoveryPlan::inspect_shm(cx, &mut self.db, &self.shm_path)?;
+        self.takeover.plan = inspection.plan;
+        self.takeover.defect = inspection.defect;
+        self.takeover
+            .stale_marks
+            .clone_from(&inspection.stale_marks);
+        if inspection.plan.needs_recovery() {
+            self.recover(cx, &inspection)?;
+        }
+        let mut hdr = self.read_live_header(cx)?;
+        let synced = self
+            .check_page_size(cx, &hdr)
+            .and_then(|()| self.sync_wal_state(cx, &hdr));
+        if let Err(e) = synced {
+            if self.takeover.rebuilt {
+                return Err(e);
+            }
+            tracing::warn!(target: TRACE, db = %self.db_path.display(), error = %e,
+                "the -shm header does not match the WAL; rebuilding the WAL-index from the WAL");
+            let rebuild = ShmInspection {
+                plan: RecoveryPlan::from_header_state(false, false, false),
+                ..inspection
+            };
+            self.takeover.plan.reconstruct_wal_index = true;
+            self.takeover.plan.clear_stale_read_marks = true;
+            self.takeover.plan.validate_backfill = true;
+            self.recover(cx, &rebuild)?;
+            hdr = self.read_live_header(cx)?;
+            self.check_page_size(cx, &hdr)?;
+            self.sync_wal_state(cx, &hdr)?;
+        }
+        let r0 = self.region0(cx)?;
+        let mut state = HybridShmState::new(hdr, r0.load_ckpt_info());
+        state.set_page_size(self.page_size);
+        state.set_big_endian_checksum(
+            self.wal
+                .big_endian_checksum()
+                .unwrap_or(cfg!(target_endian = "big")),
+        );
+        state.mark_write_lock_held(Instant::now());
+        self.state = state;
+        self.takeover.mx_frame = hdr.mx_frame;
+        self.record_file.write(cx, &self.record.encode(), 0)?;
+        tracing::info!(
+            target: TRACE,
+            db = %self.db_path.display(),
+            generation = self.record.generation,
+            pid = self.record.pid,
+            previous_pid = self.takeover.previous.map_or(0, |r| r.pid),
+            previous_died = self.takeover.previous_died,
+            rebuilt = self.takeover.rebuilt,
+            mx_frame = hdr.mx_frame,
+            "took over as the hybrid coordinator (generation {}){}",
+            self.record.generation,
+            if self.takeover.previous_died {
+                "; the previous coordinator had died"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    }
+
+    /// The header's page size must be the database's (a new, empty database adopts it).
+    fn check_page_size(&mut self, cx: &Cx, hdr: &WalIndexHdr) -> Result<()> {
+        if hdr.mx_frame == 0 {
+            return Ok(());
+        }
+        match hdr.page_size() {
+            Some(ps) if ps == self.page_size => Ok(()),
+            Some(ps) if self.db.file_size(cx)? == 0 => {
+                self.page_size = ps;
+                Ok(())
+            }
+            other => Err(FrankenError::wal_corrupt(format!(
+                "the WAL-index page size {:?} of {} differs from the database page size {}",
+                other.map(PageSize::get),
+                self.shm_path.display(),
+                self.page_size
+            ))),
+        }
+    }
+
+    /// The checkpoint sequence of the WAL header on disk (0 without a valid one).
+    fn disk_checkpoint_seq(&self, cx: &Cx) -> u32 {
+        let mut b = [0u8; WAL_HEADER_SIZE];
+        match self.wal.file().read(cx, &mut b, 0) {
+            Ok(n) if n == b.len() => WalHeader::decode(&b).map_or(0, |h| h.checkpoint_seq),
+            _ => 0,
+        }
+    }
+
+    /// Points the WAL writer at the end of the published log (or prepares the header of a
+    /// new one: the published salts, or fresh random salts for a brand-new index).
+    fn sync_wal_state(&mut self, cx: &Cx, hdr: &WalIndexHdr) -> Result<()> {
+        let checkpoint_seq = self.disk_checkpoint_seq(cx);
+        let state = if hdr.mx_frame > 0 {
+            WalState {
+                mx_frame: hdr.mx_frame,
+                n_page: hdr.n_page,
+                frame_checksum: hdr.a_frame_cksum,
+                salt: hdr.wal_salts(),
+                page_size: self.page_size,
+                big_endian_cksum: hdr.big_end_cksum != 0,
+                checkpoint_seq,
+            }
+        } else {
+            let salt = if hdr.a_salt == [0, 0] {
+                let mut b = [0u8; 8];
+                self.vfs.randomness(&mut b);
+                [
+                    u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+                    u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+                ]
+            } else {
+                hdr.wal_salts()
+            };
+            WalState {
+                mx_frame: 0,
+                n_page: hdr.n_page,
+                frame_checksum: [0, 0],
+                salt,
+                page_size: self.page_size,
+                big_endian_cksum: cfg!(target_endian = "big"),
+                checkpoint_seq,
+            }
+        };
+        self.wal.set_state_from_index(cx, state)
+    }
+
+    /// Runs `inspection.plan` under the recovery fence and the CKPT + RECOVER locks.
+    fn recover(&mut self, cx: &Cx, inspection: &ShmInspection) -> Result<()> {
+        let fence = RecoveryFence::for_path(&self.db_path);
+        let mut guard = fence.acquire_for_recovery_cx(
+            cx,
+            RECOVERY_FENCE_MAX_RETRIES,
+            RECOVERY_FENCE_BACKOFF,
+        )?;
+        if !locks::wait_exclusive(
+            &mut self.db,
+            cx,
+            WAL_CKPT_LOCK,
+            2,
+            self.options.busy_timeout,
+        )? {
+            return Err(FrankenError::Busy);
+        }
+        let r = self.recover_locked(cx, inspection);
+        let unlocked = locks::unlock_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 2);
+        r?;
+        unlocked?;
+        guard.complete();
+        Ok(())
+    }
+
+    fn recover_locked(&mut self, cx: &Cx, inspection: &ShmInspection) -> Result<()> {
+        let plan = inspection.plan;
+        if plan.reconstruct_wal_index {
+            self.rebuild_index(cx)?;
+            self.takeover.rebuilt = true;
+            return Ok(());
+        }
+        let r0 = self.region0(cx)?;
+        if plan.clear_stale_read_marks {
+            for &slot in &inspection.stale_marks {
+                if slot == 0 {
+                    r0.set_read_mark(0, 0);
+                } else {
+                    let lock = wal_read_lock(slot as u32);
+                    if locks::try_exclusive(&mut self.db, cx, lock, 1)? {
+                        r0.set_read_mark(slot, READMARK_NOT_USED);
+                        locks::unlock_exclusive(&mut self.db, cx, lock, 1)?;
+                    }
+                }
+            }
+            tracing::info!(target: TRACE, db = %self.db_path.display(), slots = ?inspection.stale_marks, "cleared stale read marks");
+        }
+        if plan.validate_backfill {
+            let hdr = self.read_live_header(cx)?;
+            let (nb, na) = (r0.n_backfill(), r0.n_backfill_attempted());
+            // inv: NBACKFILL_LE_MXFRAME
+            if !(nb <= na && na <= hdr.mx_frame) {
+                tracing::warn!(target: TRACE, db = %self.db_path.display(), n_backfill = nb,
+                    n_backfill_attempted = na, mx_frame = hdr.mx_frame,
+                    "backfill counters broke nBackfill <= nBackfillAttempted <= mxFrame; \
+                     the next checkpoint copies the whole WAL again");
+                r0.set_n_backfill(0);
+                r0.set_n_backfill_attempted(hdr.mx_frame);
+            }
+        }
+        Ok(())
+    }
+
+    /// SQLite's `walIndexRecover` with fsqlite-wal's pieces: scan the WAL's valid prefix
+    /// into a private index, copy it into the `-shm`, publish the header, reset the
+    /// checkpoint info and the read marks nobody holds.
+    fn rebuild_index(&mut self, cx: &Cx) -> Result<()> {
+        let start = Instant::now();
+        let mut heap = HeapRegions::new();
+        let mut private = WalIndex::new();
+        let report = WalFile::scan_labeled(
+            cx,
+            self.wal.file(),
+            Some(&self.wal_path),
+            |frame, page, _| private.append(cx, &mut heap, frame, page),
+        )?;
+        let mut hdr = WalIndexHdr::default();
+        if let Some(h) = report.header {
+            let ps = PageSize::try_new(h.page_size)?;
+            if ps != self.page_size {
+                if self.db.file_size(cx)? == 0 {
+                    self.page_size = ps;
+                } else if report.mx_frame > 0 {
+                    return Err(FrankenError::wal_corrupt(format!(
+                        "{} has page size {} but the database has {}",
+                        self.wal_path.display(),
+                        h.page_size,
+                        self.page_size
+                    )));
+                }
+            }
+            hdr.big_end_cksum = u8::from(h.big_endian_checksum());
+            hdr.set_wal_salts(h.salt);
+            hdr.mx_frame = report.mx_frame;
+            hdr.n_page = report.n_page;
+            hdr.a_frame_cksum = report.frame_checksum;
+        }
+        hdr.set_page_size(self.page_size);
+        for k in 0..heap.len() as u32 {
+            let Some(src) = heap.get(k).cloned() else {
+                continue;
+            };
+            let dst = self
+                .index
+                .map_region(cx, &mut self.db, k, true)?
+                .cloned()
+                .ok_or_else(|| {
+                    FrankenError::internal(format!("could not extend {}", self.shm_path.display()))
+                })?;
+            copy_region_into(&src, &dst, k);
+        }
+        self.index.rollback_to(cx, &mut self.db, hdr.mx_frame)?;
+        self.index.publish_header(cx, &mut self.db, &mut hdr)?;
+        let r0 = self.region0(cx)?;
+        r0.set_n_backfill(0);
+        r0.set_n_backfill_attempted(hdr.mx_frame);
+        r0.set_read_mark(0, 0);
+        for i in 1..WAL_READ_MARK_COUNT {
+            let lock = wal_read_lock(i as u32);
+            if locks::try_exclusive(&mut self.db, cx, lock, 1)? {
+                let mark = if i == 1 && hdr.mx_frame > 0 {
+                    hdr.mx_frame
+                } else {
+                    READMARK_NOT_USED
+                };
+                r0.set_read_mark(i, mark);
+                locks::unlock_exclusive(&mut self.db, cx, lock, 1)?;
+            }
+        }
+        tracing::info!(
+            target: TRACE,
+            db = %self.db_path.display(),
+            frames = hdr.mx_frame,
+            stop = %report.stop,
+            elapsed_us = Instant::now().duration_since(start).as_micros() as u64,
+            "recovered {} frames from WAL file {}",
+            hdr.mx_frame,
+            self.wal_path.display()
+        );
+        Ok(())
+    }
+
+    fn commit(&mut self, cx: &Cx, pages: &[(PageNumber, &[u8])], db_size: u32) -> Result<u32> {
+        cx.checkpoint()?;
+        if let Some(first) = &self.latched {
+            return Err(FrankenError::PreviousIo {
+                first: first.clone(),
+            });
+        }
+        if db_size == 0 {
+            return Err(FrankenError::out_of_range(
+                "commit database size (pages)",
+                0,
+            ));
+        }
+        let ps = self.page_size.bytes();
+        let frames: Vec<(PageNumber, &[u8])> = pages
+            .iter()
+            .filter(|(p, _)| p.get() <= db_size)
+            .map(|&(p, d)| (p, d))
+            .collect();
+        if frames.is_empty() {
+            return Err(FrankenError::out_of_range(
+                "pages in a commit (a commit needs at least one page at or below its database size)",
+                0,
+            ));
+        }
+        if let Some((p, d)) = frames.iter().find(|(_, d)| d.len() != ps) {
+            return Err(FrankenError::out_of_range(
+                format!("page length for page {p} (page size {ps})"),
+                d.len(),
+            ));
+        }
+        let nth = self.commits + 1;
+        let kill = self
+            .options
+            .kill_at
+            .filter(|k| k.commit == nth)
+            .map(|k| k.point);
+        let mut appended = false;
+        let r = self.commit_inner(cx, &frames, db_size, kill, &mut appended);
+        if let Err(e) = &r
+            && (appended || !e.is_transient())
+        {
+            self.latch(e);
+        }
+        r
+    }
+
+    fn commit_inner(
+        &mut self,
+        cx: &Cx,
+        frames: &[(PageNumber, &[u8])],
+        db_size: u32,
+        kill: Option<KillPoint>,
+        appended: &mut bool,
+    ) -> Result<u32> {
+        self.maybe_restart(cx)?;
+        let hdr = self.state.legacy_hdr();
+        if !self.wal.header_on_disk() {
+            self.wal.ensure_header(cx)?;
+            if self.options.sync.syncs_header() {
+                self.wal.fsync(cx)?;
+            }
+        }
+        self.wal.rollback_uncommitted();
+        debug_assert_eq!(self.wal.mx_frame(), hdr.mx_frame);
+        let first = hdr.mx_frame + 1;
+        let last = self.wal.append_frames(cx, frames, Some(db_size))?;
+        *appended = true;
+        if kill == Some(KillPoint::BeforeWalSync) {
+            kill_self(KillPoint::BeforeWalSync);
+        }
+        if self.options.sync.syncs_on_commit() {
+            self.wal.fsync(cx)?;
+        }
+        if kill == Some(KillPoint::AfterWalSync) {
+            kill_self(KillPoint::AfterWalSync);
+        }
+        for (k, (page, _)) in frames.iter().enumerate() {
+            self.index
+                .append(cx, &mut self.db, first + k as u32, *page)?;
+        }
+        // inv: HYB_PUBLISH_AFTER_INDEX — every frame of the commit is in the hash tables
+        // before the header that names it is published (loom: tests/loom_hybrid.rs).
+        debug_assert!(
+            frames.last().is_none_or(|(page, _)| self
+                .index
+                .frame_page(cx, &mut self.db, last)
+                .is_ok_and(|p| p == *page)),
+            "frame {last} is not indexed before the publish"
+        );
+        if kill == Some(KillPoint::AfterHash) {
+            kill_self(KillPoint::AfterHash);
+        }
+        let salts = self
+            .wal
+            .salts()
+            .ok_or_else(|| FrankenError::internal("the WAL has no header after an append"))?;
+        let mut upd =
+            self.state
+                .update_legacy_shm(last, db_size, self.wal.frame_checksum(), salts)?;
+        let r0 = self.region0(cx)?;
+        publish_header(
+            &PublishTarget {
+                region: &r0,
+                kill_mid_publish: kill == Some(KillPoint::MidPublish),
+            },
+            &mut upd.hdr,
+        );
+        debug_assert_eq!(upd.hdr, self.state.legacy_hdr());
+        if kill == Some(KillPoint::AfterPublish) {
+            kill_self(KillPoint::AfterPublish);
+        }
+        self.commits += 1;
+        let n_backfill = r0.n_backfill();
+        if n_backfill <= last {
+            self.state.update_backfill(n_backfill)?;
+        }
+        tracing::trace!(target: TRACE, mx_frame = last, pages = frames.len(), db_size, "committed and published");
+        Ok(last)
+    }
+
+    /// SQLite's `walRestartLog` for the coordinator: when a checkpointer has copied every
+    /// frame into the database and no reader uses a read mark (READ_LOCK(1..5) exclusive),
+    /// start a new WAL generation (salt-1 + 1, new salt-2) so the log does not grow forever.
+    fn maybe_restart(&mut self, cx: &Cx) -> Result<()> {
+        let mx = self.state.legacy_hdr().mx_frame;
+        if mx == 0 {
+            return Ok(());
+        }
+        let r0 = self.region0(cx)?;
+        if r0.n_backfill() != mx {
+            return Ok(());
+        }
+        let readers = (WAL_READ_MARK_COUNT - 1) as u32;
+        if !locks::try_exclusive(&mut self.db, cx, wal_read_lock(1), readers)? {
+            return Ok(());
+        }
+        let r = self.restart_locked(cx, &r0);
+        let unlocked = locks::unlock_exclusive(&mut self.db, cx, wal_read_lock(1), readers);
+        r?;
+        unlocked
+    }
+
+    fn restart_locked(&mut self, cx: &Cx, r0: &ShmRegion) -> Result<()> {
+        let mut b = [0u8; 4];
+        self.vfs.randomness(&mut b);
+        let salt2 = u32::from_ne_bytes(b);
+        self.wal.restart(cx, salt2)?;
+        if self.options.sync.syncs_header() {
+            self.wal.fsync(cx)?;
+        }
+        let salts = self
+            .wal
+            .salts()
+            .ok_or_else(|| FrankenError::internal("the WAL has no header after a restart"))?;
+        let n_page = self.state.legacy_hdr().n_page;
+        let mut upd = self
+            .state
+            .update_legacy_shm(0, n_page, self.wal.frame_checksum(), salts)?;
+        publish_header(r0, &mut upd.hdr);
+        r0.set_n_backfill(upd.ckpt.n_backfill);
+        r0.set_n_backfill_attempted(upd.ckpt.n_backfill_attempted);
+        for i in 1..WAL_READ_MARK_COUNT {
+            r0.set_read_mark(i, upd.ckpt.a_read_mark[i]);
+        }
+        tracing::debug!(target: TRACE, db = %self.db_path.display(), salt1 = salts[0], salt2 = salts[1], "restarted the WAL");
+        Ok(())
+    }
+
+    fn read_page(&mut self, cx: &Cx, page: PageNumber, buf: &mut [u8]) -> Result<()> {
+        let ps = self.page_size.bytes();
+        if buf.len() != ps {
+            return Err(FrankenError::out_of_range(
+                format!("read buffer length (page size {ps})"),
+                buf.len(),
+            ));
+        }
+        let mx = self.state.legacy_hdr().mx_frame;
+        // Frames stay valid until a restart, which only this coordinator performs, so the
+        // newest frame <= mxFrame is always right (a legacy checkpoint may have copied it).
+        if let Some(frame) = self.index.find_frame(cx, &mut self.db, page, 1, mx)? {
+            let off = wal_frame_data_offset(frame, self.page_size.get());
+            if self.wal.file().read(cx, buf, off)? < buf.len() {
+                return Err(FrankenError::wal_corrupt(format!(
+                    "frame {frame} (page {page}) lies past the end of {}",
+                    self.wal_path.display()
+                )));
+            }
+            return Ok(());
+        }
+        self.db
+            .read(cx, buf, u64::from(page.get() - 1) * ps as u64)?;
+        Ok(())
+    }
+
+    fn db_size(&mut self, cx: &Cx) -> Result<u32> {
+        let hdr = self.state.legacy_hdr();
+        if hdr.mx_frame > 0 {
+            return Ok(hdr.n_page);
+        }
+        let bytes = self.db.file_size(cx)?;
+        Ok(u32::try_from(bytes / u64::from(self.page_size.get())).unwrap_or(u32::MAX))
+    }
+
+    fn close(mut self, cx: &Cx) -> Result<()> {
+        let closed = CoordinatorRecord {
+            state: RecordState::Closed,
+            ..self.record
+        };
+        let mut result = self.record_file.write(cx, &closed.encode(), 0);
+        result = result.and(locks::unlock_exclusive(&mut self.db, cx, WAL_WRITE_LOCK, 1));
+        self.state.mark_write_lock_released();
+        self.index.forget_mappings();
+        result = result.and(self.db.shm_unmap(cx, false));
+        let _ = self.db.unlock(cx, LockLevel::None);
+        tracing::info!(target: TRACE, db = %self.db_path.display(), generation = self.record.generation,
+            commits = self.commits, "coordinator closed; WAL_WRITE_LOCK released");
+        let Self {
+            vfs,
+            db_path,
+            db,
+            wal,
+            record_file,
+            options,
+            latched,
+            page_size,
+            ..
+        } = self;
+        drop((db, wal, record_file));
+        result?;
+        if options.checkpoint_on_close && latched.is_none() {
+            let wal_options = WalOptions {
+                sync: options.sync,
+                page_size: page_size.get(),
+                busy_timeout: options.busy_timeout,
+                auto_checkpoint: None,
+                checkpoint_on_close: true,
+            };
+            Wal::open(cx, vfs, &db_path, wal_options)?.close(cx)?;
+        }
+        Ok(())
+    }
+}
