@@ -9,6 +9,7 @@
 //! | [`sqlite`] | real SQLite WAL databases (rusqlite, bundled SQLite), file snapshots, independent WAL and `-shm` header readers, and SQLite as an oracle (checkpoint, `integrity_check`, digests, page images) |
 //! | [`process`] | SQLite in another process: a python3 `sqlite3` connection driven over a pipe ([`process::LiveSqlite`]) and the `sqlite3` shell |
 //! | [`child`] | the re-exec harness for kill -9 tests, with its ack channel |
+//! | [`kill9`] | the kill -9 driver: victims spawned, killed on a schedule or by their own kill hook, acks collected, a caller's verification run, figures kept |
 //! | [`rng`] | the seeded SplitMix64 PRNG every harness draws from, and the replay hint |
 //! | [`stats`] | JSON figures in `target/test-stats/` |
 //!
@@ -22,6 +23,7 @@
 //! ```
 
 pub mod child;
+pub mod kill9;
 pub mod process;
 pub mod rng;
 pub mod sqlite;

@@ -84,7 +84,11 @@ mod tests {
 
     #[test]
     fn deadline_interrupts() {
-        let cx = Cx::new().with_deadline(Instant::now().checked_sub(Duration::from_millis(1)).unwrap());
+        let cx = Cx::new().with_deadline(
+            Instant::now()
+                .checked_sub(Duration::from_millis(1))
+                .unwrap(),
+        );
         assert!(matches!(cx.checkpoint(), Err(FrankenError::Interrupted)));
         let cx = Cx::new().with_deadline(Instant::now() + Duration::from_mins(1));
         assert!(cx.checkpoint().is_ok());

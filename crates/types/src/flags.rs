@@ -115,9 +115,25 @@ mod tests {
         let ok = VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE | VfsOpenFlags::MAIN_DB;
         assert!(ok.validate().is_ok());
         assert!(VfsOpenFlags::MAIN_DB.validate().is_err());
-        assert!((VfsOpenFlags::READONLY | VfsOpenFlags::READWRITE).validate().is_err());
-        assert!((VfsOpenFlags::READONLY | VfsOpenFlags::CREATE).validate().is_err());
-        assert!((VfsOpenFlags::READWRITE | VfsOpenFlags::EXCLUSIVE).validate().is_err());
-        assert!(VfsOpenFlags::from_bits_retain(0x8000_0002).validate().is_err());
+        assert!(
+            (VfsOpenFlags::READONLY | VfsOpenFlags::READWRITE)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            (VfsOpenFlags::READONLY | VfsOpenFlags::CREATE)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            (VfsOpenFlags::READWRITE | VfsOpenFlags::EXCLUSIVE)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            VfsOpenFlags::from_bits_retain(0x8000_0002)
+                .validate()
+                .is_err()
+        );
     }
 }

@@ -107,8 +107,12 @@ impl PageSize {
 
     /// Decodes the 16-bit encoding (1 → 65536); `None` if the result is not a valid size.
     pub const fn from_u16_encoding(v: u16) -> Option<Self> {
-        let v = v as u32;
-        Self::new((v & 0xfe00) + ((v & 1) << 16))
+        if v == 1 {
+            return Some(Self(65536));
+        }
+        // Any other value must itself be a valid size (512..=32768); stray bits such as
+        // those of 1000 are rejected rather than masked away.
+        Self::new(v as u32)
     }
 }
 
@@ -162,13 +166,18 @@ mod tests {
         }
         assert_eq!(PageSize::from_u16_encoding(0), None);
         assert_eq!(PageSize::from_u16_encoding(100), None);
+        assert_eq!(PageSize::from_u16_encoding(1000), None);
+        assert_eq!(PageSize::from_u16_encoding(513), None);
     }
 
     #[test]
     fn page_number() {
         assert!(PageNumber::new(0).is_none());
         assert_eq!(PageNumber::ONE.get(), 1);
-        assert_eq!(PageNumber::new(u32::MAX).unwrap().to_string(), u32::MAX.to_string());
+        assert_eq!(
+            PageNumber::new(u32::MAX).unwrap().to_string(),
+            u32::MAX.to_string()
+        );
         assert!(PageNumber::try_new(0).is_err());
     }
 }

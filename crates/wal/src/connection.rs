@@ -6,8 +6,9 @@
 //!
 //! ```text
 //! open       db SHARED lock (held for life) → map -shm (the VFS runs the DMS protocol)
-//!            → read the WAL-index header; if it is not valid: WRITE lock, re-read,
-//!              recovery under the in-process fence + CKPT/RECOVER locks
+//!            → the first read's header step: if the header is not valid: WRITE lock,
+//!              re-read, recovery under the in-process fence + CKPT/RECOVER locks; while
+//!              a peer recovers, wait (BusyRecovery after busy_timeout)
 //! begin_read walTryBeginRead: READ_LOCK(0) when the WAL is fully backfilled, else the
 //!            largest read mark ≤ mxFrame (or claim a slot under its exclusive lock),
 //!            shared READ_LOCK(i), then re-check mark and header; ≤ 100 tries → Protocol
@@ -18,9 +19,10 @@
 //!            entries → publish the header (copy B, barrier, copy A) → only then return
 //! checkpoint CKPT lock (+ WRITE for FULL/RESTART/TRUNCATE) → safe frame from read marks
 //!            → READ_LOCK(0) exclusive → salt re-check → nBackfillAttempted → fsync WAL →
-//!            copy pages in page order (coalesced) → truncate db when complete → recovery
-//!            barrier (full fsync + read-back verification) → nBackfill → RESTART/TRUNCATE
-//!            wait for readers and reset the WAL
+//!            copy pages in page order (coalesced; each page's newest frame ≤ mxFrame,
+//!            skipped when past the safe frame, as SQLite) → truncate db when complete
+//!            → recovery barrier (full fsync + read-back verification) → nBackfill
+//!            → RESTART/TRUNCATE wait for readers and reset the WAL
 //! close      db EXCLUSIVE (am I last?) → PASSIVE checkpoint → delete -wal and -shm
 //! ```
 //!
@@ -37,7 +39,11 @@
 //!   before `nBackfill` advances, and a RESTART/TRUNCATE only ever follows a complete,
 //!   verified backfill.
 //! - A database file of zero bytes whose `-wal` holds committed frames is recovered, not
-//!   deleted (SQLite would delete such a WAL; we never drop committed frames).
+//!   deleted (SQLite would delete such a WAL; we never drop committed frames). Likewise a
+//!   database whose first bytes were torn by a crash during a checkpoint (page 1 still in
+//!   the WAL) opens with the WAL header's page size, if recovery finds committed frames.
+//! - A read that returns fewer bytes than asked inside a file is an I/O error, never
+//!   zeros and never the end of the WAL's valid prefix (only the file's end is).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,13 +60,16 @@ use crate::checkpoint::{
     BackfillDecision, CheckpointMode, CheckpointOutcome, LockTry, decide_backfill,
     max_run_pages_for, plan_backfill, try_compute_safe_frame,
 };
-use crate::checkpoint_executor::{CheckpointJob, execute_checkpoint_on_file, wal_frame_data_offset};
+use crate::checkpoint_executor::{
+    CheckpointJob, CheckpointTarget, DbFileTarget, execute_checkpoint, execute_checkpoint_on_file,
+    wal_frame_data_offset,
+};
 use crate::db_header::{DB_HEADER_SIZE, DbHeader};
 use crate::locks;
 use crate::recovery_fence::{
     PageVerifyMode, RECOVERY_FENCE_BACKOFF, RECOVERY_FENCE_MAX_RETRIES, RecoveryFence,
 };
-use crate::wal::{SyncMode, WalFile, WalState};
+use crate::wal::{ScanReport, StopReason, SyncMode, WalFile, WalState};
 use crate::wal_index::{
     HashSegment, HeaderMemory, HeaderRead, HeapRegions, READMARK_NOT_USED, WAL_READ_MARK_COUNT,
     WalIndex, WalIndexHdr, copy_region_into, frame_region, load_header_copies,
@@ -101,6 +110,10 @@ impl Default for WalOptions {
 }
 
 /// One connection to a database in WAL mode (see the module docs).
+#[allow(
+    clippy::struct_field_names,
+    reason = "`wal` and `wal_path` name the -wal file, not the struct"
+)]
 pub struct Wal<V: Vfs> {
     vfs: Arc<V>,
     db_path: PathBuf,
@@ -124,6 +137,8 @@ pub struct Wal<V: Vfs> {
     /// Checkpoint sequence of the current WAL generation.
     n_ckpt: u32,
     recoveries: u64,
+    /// Test-only: checkpoints skip the database fsync of the recovery barrier.
+    skip_barrier_for_tests: bool,
 }
 
 impl<V: Vfs> std::fmt::Debug for Wal<V> {
@@ -144,6 +159,33 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
+}
+
+/// After a read of `want` bytes at `offset` returned only `got`: `Err` (an I/O error
+/// naming the file and offset) when the file extends past `offset + got`, so the read
+/// stopped short inside the file; `Ok` when the file really ends there.
+fn short_read_error<F: VfsFile + ?Sized>(
+    cx: &Cx,
+    file: &F,
+    path: &Path,
+    offset: u64,
+    got: usize,
+    want: usize,
+) -> Result<()> {
+    let size = file.file_size(cx)?;
+    if size > offset + got as u64 {
+        return Err(FrankenError::io(
+            "read",
+            Some(path.to_path_buf()),
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "short read: {got} of {want} bytes at offset {offset}, but the file holds {size} bytes"
+                ),
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The newest frame of `page` in `[min_frame, mx_frame]` over a snapshot's regions.
@@ -182,14 +224,28 @@ impl<V: Vfs> Wal<V> {
         let open_flags = VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE;
         let (mut db, _) = vfs.open(cx, Some(&db_path), open_flags | VfsOpenFlags::MAIN_DB)?;
         let size = db.file_size(cx)?;
+        // A crash during the first checkpoint that wrote page 1 can leave the file's
+        // first bytes torn (zeros or garbage) while the WAL still holds page 1: then the
+        // WAL header decides the page size, and recovery must find committed frames.
+        let mut bad_db_header = None;
         let mut page_size = if size == 0 {
             PageSize::try_new(options.page_size)?
         } else {
             let mut head = [0u8; DB_HEADER_SIZE];
-            db.read(cx, &mut head, 0)?;
-            let h = DbHeader::parse(&head, &db_path)?;
-            h.require_wal_mode(&db_path)?;
-            h.page_size
+            let got = db.read(cx, &mut head, 0)?;
+            if got < head.len() {
+                short_read_error(cx, &db, &db_path, 0, got, head.len())?;
+            }
+            match DbHeader::parse(&head, &db_path) {
+                Ok(h) => {
+                    h.require_wal_mode(&db_path)?;
+                    h.page_size
+                }
+                Err(e) => {
+                    bad_db_header = Some(e);
+                    PageSize::try_new(options.page_size)?
+                }
+            }
         };
         let ok = locks::wait_until(cx, options.busy_timeout, || {
             match db.lock(cx, LockLevel::Shared) {
@@ -206,7 +262,7 @@ impl<V: Vfs> Wal<V> {
         let (wal_file, _) = vfs.open(cx, Some(&wal_path), open_flags | VfsOpenFlags::WAL)?;
         let wal = WalFile::attach(wal_file, Some(wal_path.clone())).with_sync_mode(options.sync);
         let fence = RecoveryFence::for_path(&db_path);
-        if size == 0 {
+        if size == 0 || bad_db_header.is_some() {
             // A new database: a WAL left by an earlier writer decides the page size.
             let mut whdr = [0u8; crate::checksum::WAL_HEADER_SIZE];
             if wal.file().read(cx, &mut whdr, 0)? == whdr.len()
@@ -214,6 +270,8 @@ impl<V: Vfs> Wal<V> {
                 && let Some(ps) = PageSize::new(h.page_size)
             {
                 page_size = ps;
+            } else if let Some(e) = bad_db_header {
+                return Err(e);
             }
         }
         let mut this = Self {
@@ -234,9 +292,18 @@ impl<V: Vfs> Wal<V> {
             latched: None,
             n_ckpt: 0,
             recoveries: 0,
+            skip_barrier_for_tests: false,
         };
-        // Bring the WAL-index up (recovering it if needed), as the first read would.
-        this.read_header_or_recover(cx)?;
+        // Bring the WAL-index up (recovering it if needed) exactly as the first read
+        // would: while another connection is recovering it, wait (BusyRecovery after
+        // busy_timeout) instead of failing at once.
+        this.begin_read_inner(cx)?;
+        this.end_read(cx);
+        if let Some(e) = bad_db_header
+            && this.hdr.mx_frame == 0
+        {
+            return Err(e);
+        }
         tracing::debug!(
             target: "fsqlite.wal.open",
             db = %this.db_path.display(),
@@ -265,6 +332,19 @@ impl<V: Vfs> Wal<V> {
     /// The WAL-index header this connection saw last.
     pub fn cached_header(&self) -> WalIndexHdr {
         self.hdr
+    }
+
+    /// **Test-only hook; never use it outside tests.** With `true`, checkpoints of this
+    /// connection skip the database fsync of the recovery barrier (pages are still copied
+    /// through a second handle and read back), and then advance `nBackfill` and reset the
+    /// WAL as usual. This breaks crash safety on purpose, so that a crash sweep can prove
+    /// it detects a missing barrier.
+    #[doc(hidden)]
+    pub fn set_skip_checkpoint_barrier_for_tests(&mut self, skip: bool) {
+        if skip {
+            tracing::warn!(target: "fsqlite.wal.checkpoint", db = %self.db_path.display(), "test hook: checkpoints skip the database fsync");
+        }
+        self.skip_barrier_for_tests = skip;
     }
 
     /// Starts a read transaction on the newest committed snapshot.
@@ -517,7 +597,8 @@ impl<V: Vfs> Wal<V> {
     }
 
     fn recover_locked(&mut self, cx: &Cx) -> Result<()> {
-        debug_assert!(WAL_RECOVER_LOCK == WAL_CKPT_LOCK + 1);
+        // `recover` locks CKPT and RECOVER as one range of 2.
+        const _: () = assert!(WAL_RECOVER_LOCK == WAL_CKPT_LOCK + 1);
         let start = Instant::now();
         let mut heap = HeapRegions::new();
         let mut private = WalIndex::new();
@@ -531,6 +612,7 @@ impl<V: Vfs> Wal<V> {
                 private.append(cx, &mut heap, frame, page)
             },
         )?;
+        self.check_scan_read_everything(cx, &report)?;
         let mut hdr = WalIndexHdr::default();
         if let Some(h) = report.header {
             let ps = PageSize::try_new(h.page_size)?;
@@ -606,6 +688,50 @@ impl<V: Vfs> Wal<V> {
         Ok(())
     }
 
+    /// The scan counts a read that returns fewer bytes than asked as the end of the
+    /// file. Inside the file such a read is an I/O failure, and taking it for the end of
+    /// the valid prefix would let the next commit overwrite committed frames: `Err`
+    /// when the stop was a partial frame the file holds whole, or an invalid header that
+    /// reads back whole and valid.
+    fn check_scan_read_everything(&self, cx: &Cx, report: &ScanReport) -> Result<()> {
+        let short = |what: String| {
+            FrankenError::io(
+                "read",
+                Some(self.wal_path.clone()),
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what),
+            )
+        };
+        match report.stop {
+            StopReason::PartialFrame { frame, bytes } => {
+                let ps = report.header.map_or(0, |h| u64::from(h.page_size));
+                let frame_bytes = crate::checksum::WAL_FRAME_HEADER_SIZE as u64 + ps;
+                if report.stop_offset + frame_bytes <= report.file_size {
+                    return Err(short(format!(
+                        "short read during recovery: frame {frame} read as {bytes} bytes at \
+                         offset {}, but the file holds {} bytes",
+                        report.stop_offset, report.file_size
+                    )));
+                }
+            }
+            StopReason::EmptyOrInvalidHeader { .. }
+                if report.file_size > crate::checksum::WAL_HEADER_SIZE as u64 =>
+            {
+                let mut head = [0u8; crate::checksum::WAL_HEADER_SIZE];
+                let got = self.wal.file().read(cx, &mut head, 0)?;
+                if got < head.len() || crate::format::WalHeader::decode(&head).is_ok() {
+                    return Err(short(format!(
+                        "short read during recovery: the WAL header read as invalid, but \
+                         the file holds {} bytes and its header reads back {}",
+                        report.file_size,
+                        if got < head.len() { "short" } else { "valid" }
+                    )));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn wal_state_from_hdr(&self) -> WalState {
         WalState {
             mx_frame: self.hdr.mx_frame,
@@ -651,18 +777,16 @@ impl<V: Vfs> Wal<V> {
             }
             let r0 = self.region0(cx, false)?;
             let mx = self.hdr.mx_frame;
-            if r0.n_backfill() == mx {
-                if locks::try_shared(&mut self.db, cx, wal_read_lock(0))? {
-                    r0.barrier();
-                    if load_header_copies(&r0)[0] == self.hdr {
-                        self.read_lock = Some(0);
-                        self.min_frame = mx + 1;
-                        return Ok(());
-                    }
-                    locks::unlock_shared(&mut self.db, cx, wal_read_lock(0))?;
-                    continue;
+            // When READ_LOCK(0) is busy (a checkpointer holds it), use a read mark.
+            if r0.n_backfill() == mx && locks::try_shared(&mut self.db, cx, wal_read_lock(0))? {
+                r0.barrier();
+                if load_header_copies(&r0)[0] == self.hdr {
+                    self.read_lock = Some(0);
+                    self.min_frame = mx + 1;
+                    return Ok(());
                 }
-                // A checkpointer holds READ_LOCK(0): use a read mark instead.
+                locks::unlock_shared(&mut self.db, cx, wal_read_lock(0))?;
+                continue;
             }
             let mut best: Option<(u32, u32)> = None; // (slot, mark)
             for i in 1..WAL_READ_MARK_COUNT as u32 {
@@ -748,7 +872,9 @@ impl<V: Vfs> Wal<V> {
         }
         if let Some(frame) = lookup_frame(&snap.regions, page, snap.min_frame, snap.mx_frame)? {
             let off = wal_frame_data_offset(frame, self.page_size.get());
-            if self.wal.file().read(cx, buf, off)? < buf.len() {
+            let got = self.wal.file().read(cx, buf, off)?;
+            if got < buf.len() {
+                short_read_error(cx, self.wal.file(), &self.wal_path, off, got, buf.len())?;
                 return Err(FrankenError::wal_corrupt(format!(
                     "frame {frame} (page {page}) lies past the end of {}",
                     self.wal_path.display()
@@ -756,8 +882,23 @@ impl<V: Vfs> Wal<V> {
             }
             return Ok(());
         }
+        if page.get() > snap.db_size {
+            // Past the snapshot's end the page does not exist: zeros, as SQLite's pager
+            // returns, without racing a checkpoint that is growing the file.
+            buf.fill(0);
+            return Ok(());
+        }
         let offset = u64::from(page.get() - 1) * ps as u64;
-        self.db.read(cx, buf, offset)?;
+        let mut got = self.db.read(cx, buf, offset)?;
+        if got < buf.len() {
+            // A checkpoint may have grown the file since; read once more before judging.
+            got = self.db.read(cx, buf, offset)?;
+        }
+        if got < buf.len() {
+            // Past the end of the file a page reads as zeros (SQLite's short-read rule);
+            // a read that stops short inside the file is an error, never zeros.
+            short_read_error(cx, &self.db, &self.db_path, offset, got, buf.len())?;
+        }
         Ok(())
     }
 
@@ -852,9 +993,15 @@ impl<V: Vfs> Wal<V> {
                 return Err(e);
             }
         };
-        debug_assert_eq!(last as usize, first as usize + frames.len() - 1);
-        for (k, (page, _)) in frames.iter().enumerate() {
-            if let Err(e) = self.index.append(cx, &mut self.db, first + k as u32, *page) {
+        // Frames past the transaction's own are padding (copies of its commit frame,
+        // written on devices without power-safe overwrite); they are indexed too.
+        debug_assert!(last as usize >= first as usize + frames.len() - 1);
+        let commit_page = frames[frames.len() - 1].0;
+        for frame in first..=last {
+            let page = frames
+                .get((frame - first) as usize)
+                .map_or(commit_page, |(p, _)| *p);
+            if let Err(e) = self.index.append(cx, &mut self.db, frame, page) {
                 let _ = self.index.rollback_to(cx, &mut self.db, self.hdr.mx_frame);
                 return Err(e);
             }
@@ -924,11 +1071,15 @@ impl<V: Vfs> Wal<V> {
             let safe = sf.safe_frame;
             let n_backfill = r0.n_backfill();
             if n_backfill < safe {
+                // As SQLite's walIteratorNext + walCheckpoint: each page's newest frame
+                // up to mxFrame; a page whose newest frame lies past the safe frame is
+                // skipped (plan_backfill drops frames > safe), not copied in an older
+                // version, so a partial checkpoint leaves the same bytes as SQLite's.
                 let entries = self.index.checkpoint_frames(
                     cx,
                     &mut self.db,
                     n_backfill,
-                    safe,
+                    mx,
                     self.hdr.n_page,
                 )?;
                 let plan = plan_backfill(
@@ -952,9 +1103,10 @@ impl<V: Vfs> Wal<V> {
                         }
                         return Err(e);
                     }
-                } else {
-                    busy = true;
                 }
+                // else: a reader of the database file holds READ_LOCK(0). As in SQLite
+                // that is not an error and not `busy` by itself: PASSIVE succeeds with
+                // less copied; the other modes report busy below (nBackfill < mxFrame).
             }
         }
         let n_backfill = r0.n_backfill();
@@ -1019,7 +1171,15 @@ impl<V: Vfs> Wal<V> {
             complete,
             verify_mode: PageVerifyMode::WholePage,
         };
-        let report = execute_checkpoint_on_file(cx, self.wal.file(), &job, &mut self.db)?;
+        let report = if self.skip_barrier_for_tests {
+            // Test hook: write through a second handle whose target never syncs.
+            let flags = VfsOpenFlags::READWRITE | VfsOpenFlags::MAIN_DB;
+            let (mut second, _) = self.vfs.open(cx, Some(&self.db_path), flags)?;
+            let mut target = NoSyncTarget(DbFileTarget::new(&mut second, self.page_size.get())?);
+            execute_checkpoint(cx, self.wal.file(), &job, &mut target, &self.db)?
+        } else {
+            execute_checkpoint_on_file(cx, self.wal.file(), &job, &mut self.db)?
+        };
         // inv: BARRIER_BEFORE_NBACKFILL — the database is fsynced and verified here.
         r0.set_n_backfill(safe);
         tracing::debug!(
@@ -1031,6 +1191,34 @@ impl<V: Vfs> Wal<V> {
             "backfilled through the recovery barrier"
         );
         Ok(())
+    }
+}
+
+/// The target of [`Wal::set_skip_checkpoint_barrier_for_tests`]: database writes whose
+/// `sync_db` does nothing (test hook only).
+struct NoSyncTarget<'a, F: VfsFile>(DbFileTarget<'a, F>);
+
+impl<F: VfsFile> CheckpointTarget for NoSyncTarget<'_, F> {
+    fn write_page(&mut self, cx: &Cx, page: PageNumber, data: &[u8]) -> Result<()> {
+        self.0.write_page(cx, page, data)
+    }
+
+    fn truncate_db(&mut self, cx: &Cx, n_pages: u32) -> Result<()> {
+        self.0.truncate_db(cx, n_pages)
+    }
+
+    fn sync_db(&mut self, _cx: &Cx) -> Result<()> {
+        Ok(())
+    }
+
+    fn write_pages(
+        &mut self,
+        cx: &Cx,
+        first: PageNumber,
+        page_size: u32,
+        data: &[u8],
+    ) -> Result<()> {
+        self.0.write_pages(cx, first, page_size, data)
     }
 }
 

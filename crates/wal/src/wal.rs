@@ -63,6 +63,7 @@ use std::path::{Path, PathBuf};
 use fsqlite_error::{FrankenError, Result};
 use fsqlite_types::{Cx, PageNumber, PageSize, SyncFlags};
 use fsqlite_vfs::VfsFile;
+use fsqlite_vfs::traits::iocap;
 
 use crate::checksum::{WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, wal_checksum};
 use crate::format::{
@@ -762,7 +763,12 @@ impl<F: VfsFile> WalFile<F> {
         self.last_frame = count;
         self.last_checksum = running;
         if let Some(db_size) = commit_db_size {
-            self.mx_frame = count;
+            let (page, data) = frames[last_index];
+            let (last, running) =
+                self.pad_to_sector(cx, &h, count, running, page, data, db_size)?;
+            self.last_frame = last;
+            self.last_checksum = running;
+            self.mx_frame = last;
             self.n_page = db_size;
             self.frame_checksum = running;
             self.sync(cx, self.sync_mode)?;
@@ -771,11 +777,65 @@ impl<F: VfsFile> WalFile<F> {
             target: "fsqlite.wal.write",
             wal = %self.label(),
             frames = frames.len(),
-            last_frame = count,
+            last_frame = self.last_frame,
             commit = commit_db_size.unwrap_or(0),
             "appended frames"
         );
-        Ok(count)
+        Ok(self.last_frame)
+    }
+
+    /// SQLite's padding frames (FORMAT.md §9): on a device without power-safe overwrite,
+    /// a commit that syncs repeats its commit frame until the WAL ends on a sector
+    /// boundary, so the next commit never writes into a sector that holds this commit's
+    /// synced bytes (a torn write there could otherwise destroy an acknowledged commit).
+    /// Padding frames are real frames (counted in `mxFrame`, indexed). Returns the new
+    /// last frame and running checksum.
+    #[allow(clippy::too_many_arguments)]
+    fn pad_to_sector(
+        &mut self,
+        cx: &Cx,
+        h: &WalHeader,
+        last: u32,
+        running: [u32; 2],
+        page: PageNumber,
+        data: &[u8],
+        db_size: u32,
+    ) -> Result<(u32, [u32; 2])> {
+        let psow = self.file.device_characteristics() & iocap::POWERSAFE_OVERWRITE != 0;
+        if psow || !self.sync_mode.syncs_on_commit() {
+            return Ok((last, running));
+        }
+        let sector = u64::from(self.file.sector_size().clamp(512, 65536));
+        let fsz = frame_size(h.page_size);
+        let mut end = frame_offset(last + 1, h.page_size);
+        let sync_point = end.div_ceil(sector) * sector;
+        if end == sync_point {
+            return Ok((last, running));
+        }
+        let be = h.big_endian_checksum();
+        let mut running = running;
+        let mut n = 0u32;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        while end < sync_point {
+            running = frame_checksum(running, page.get(), db_size, data, be);
+            let fh = FrameHeader {
+                page_number: page.get(),
+                db_size_after_commit: db_size,
+                salt: h.salt,
+                checksum: running,
+            };
+            buf.extend_from_slice(&fh.encode());
+            buf.extend_from_slice(data);
+            end += fsz;
+            n += 1;
+        }
+        let offset = frame_offset(last + 1, h.page_size);
+        let r = self.guarded(|w| w.file.write(cx, &buf, offset));
+        self.buf = buf;
+        r?;
+        tracing::trace!(target: "fsqlite.wal.write", padding_frames = n, "padded the commit to a sector boundary");
+        Ok((last + n, running))
     }
 
     /// Forgets frames written after `mx_frame` by a transaction that will not commit

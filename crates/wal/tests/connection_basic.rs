@@ -1,5 +1,6 @@
 //! `Wal` connection basics on `MemoryVfs`: commit, read back, two connections, locks,
 //! checkpoint modes, reopen after close.
+#![allow(clippy::many_single_char_names)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +47,8 @@ fn read(w: &mut Wal<MemoryVfs>, n: u32) -> Vec<u8> {
 fn commit_read_checkpoint_reopen() {
     let cx = Cx::new();
     let vfs = Arc::new(MemoryVfs::new());
+    // A power-safe-overwrite device: no padding frames, so frame numbers are exact.
+    vfs.set_device_characteristics(fsqlite_vfs::traits::iocap::POWERSAFE_OVERWRITE);
     let mut w = Wal::open(&cx, Arc::clone(&vfs), "/db", opts()).unwrap();
     assert_eq!(w.page_size(), 4096);
     for round in 0..5u8 {
