@@ -72,13 +72,13 @@ use fsqlite_wal::checksum::WAL_HEADER_SIZE;
 use fsqlite_wal::db_header::{DB_HEADER_SIZE, DbHeader};
 use fsqlite_wal::format::WalHeader;
 use fsqlite_wal::locks;
+use fsqlite_wal::recovery::rebuild_wal_index;
 use fsqlite_wal::recovery_fence::{
     RECOVERY_FENCE_BACKOFF, RECOVERY_FENCE_MAX_RETRIES, RecoveryFence,
 };
 use fsqlite_wal::wal_index::{
-    HeaderDefect, HeaderMemory, HeaderRead, HeapRegions, READMARK_NOT_USED, WAL_READ_MARK_COUNT,
-    WALINDEX_PGSZ, WalCkptInfo, WalIndex, WalIndexHdr, copy_region_into, publish_header,
-    unsupported_version_error,
+    HeaderDefect, HeaderMemory, HeaderRead, READMARK_NOT_USED, WAL_READ_MARK_COUNT, WALINDEX_PGSZ,
+    WalCkptInfo, WalIndex, WalIndexHdr, publish_header, unsupported_version_error,
 };
 use fsqlite_wal::{SyncMode, Wal, WalFile, WalOptions, WalState};
 
@@ -1016,76 +1016,25 @@ impl<V: Vfs> Hybrid<V> {
     /// into a private index, copy it into the `-shm`, publish the header, reset the
     /// checkpoint info and the read marks nobody holds.
     fn rebuild_index(&mut self, cx: &Cx) -> Result<()> {
-        let start = Instant::now();
-        let mut heap = HeapRegions::new();
-        let mut private = WalIndex::new();
-        let report = WalFile::scan_labeled(
+        let db_is_empty = self.db.file_size(cx)? == 0;
+        let rebuilt = rebuild_wal_index(
             cx,
             self.wal.file(),
-            Some(&self.wal_path),
-            |frame, page, _| private.append(cx, &mut heap, frame, page),
+            &self.wal_path,
+            &mut self.db,
+            &mut self.index,
+            self.page_size,
+            db_is_empty,
         )?;
-        let mut hdr = WalIndexHdr::default();
-        if let Some(h) = report.header {
-            let ps = PageSize::try_new(h.page_size)?;
-            if ps != self.page_size {
-                if self.db.file_size(cx)? == 0 {
-                    self.page_size = ps;
-                } else if report.mx_frame > 0 {
-                    return Err(FrankenError::wal_corrupt(format!(
-                        "{} has page size {} but the database has {}",
-                        self.wal_path.display(),
-                        h.page_size,
-                        self.page_size
-                    )));
-                }
-            }
-            hdr.big_end_cksum = u8::from(h.big_endian_checksum());
-            hdr.set_wal_salts(h.salt);
-            hdr.mx_frame = report.mx_frame;
-            hdr.n_page = report.n_page;
-            hdr.a_frame_cksum = report.frame_checksum;
-        }
-        hdr.set_page_size(self.page_size);
-        for k in 0..heap.len() as u32 {
-            let Some(src) = heap.get(k).cloned() else {
-                continue;
-            };
-            let dst = self
-                .index
-                .map_region(cx, &mut self.db, k, true)?
-                .cloned()
-                .ok_or_else(|| {
-                    FrankenError::internal(format!("could not extend {}", self.shm_path.display()))
-                })?;
-            copy_region_into(&src, &dst, k);
-        }
-        self.index.rollback_to(cx, &mut self.db, hdr.mx_frame)?;
-        self.index.publish_header(cx, &mut self.db, &mut hdr)?;
-        let r0 = self.region0(cx)?;
-        r0.set_n_backfill(0);
-        r0.set_n_backfill_attempted(hdr.mx_frame);
-        r0.set_read_mark(0, 0);
-        for i in 1..WAL_READ_MARK_COUNT {
-            let lock = wal_read_lock(i as u32);
-            if locks::try_exclusive(&mut self.db, cx, lock, 1)? {
-                let mark = if i == 1 && hdr.mx_frame > 0 {
-                    hdr.mx_frame
-                } else {
-                    READMARK_NOT_USED
-                };
-                r0.set_read_mark(i, mark);
-                locks::unlock_exclusive(&mut self.db, cx, lock, 1)?;
-            }
-        }
+        self.page_size = rebuilt.page_size;
         tracing::info!(
             target: TRACE,
             db = %self.db_path.display(),
-            frames = hdr.mx_frame,
-            stop = %report.stop,
-            elapsed_us = Instant::now().duration_since(start).as_micros() as u64,
+            frames = rebuilt.hdr.mx_frame,
+            stop = %rebuilt.report.stop,
+            elapsed_us = rebuilt.elapsed.as_micros() as u64,
             "recovered {} frames from WAL file {}",
-            hdr.mx_frame,
+            rebuilt.hdr.mx_frame,
             self.wal_path.display()
         );
         Ok(())

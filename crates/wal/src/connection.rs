@@ -66,14 +66,14 @@ use crate::checkpoint_executor::{
 };
 use crate::db_header::{DB_HEADER_SIZE, DbHeader};
 use crate::locks;
+use crate::recovery::rebuild_wal_index;
 use crate::recovery_fence::{
     PageVerifyMode, RECOVERY_FENCE_BACKOFF, RECOVERY_FENCE_MAX_RETRIES, RecoveryFence,
 };
-use crate::wal::{ScanReport, StopReason, SyncMode, WalFile, WalState};
+use crate::wal::{SyncMode, WalFile, WalState};
 use crate::wal_index::{
-    HashSegment, HeaderMemory, HeaderRead, HeapRegions, READMARK_NOT_USED, WAL_READ_MARK_COUNT,
-    WalIndex, WalIndexHdr, copy_region_into, frame_region, load_header_copies,
-    unsupported_version_error,
+    HashSegment, HeaderMemory, HeaderRead, READMARK_NOT_USED, WAL_READ_MARK_COUNT, WalIndex,
+    WalIndexHdr, frame_region, load_header_copies, unsupported_version_error,
 };
 
 /// Read attempts before `Protocol` (SQLite's limit in `walTryBeginRead`).
@@ -599,136 +599,35 @@ impl<V: Vfs> Wal<V> {
     fn recover_locked(&mut self, cx: &Cx) -> Result<()> {
         // `recover` locks CKPT and RECOVER as one range of 2.
         const _: () = assert!(WAL_RECOVER_LOCK == WAL_CKPT_LOCK + 1);
-        let start = Instant::now();
-        let mut heap = HeapRegions::new();
-        let mut private = WalIndex::new();
-        let mut mx_seen = 0u32;
-        let report = WalFile::scan_labeled(
+        let db_is_empty = self.db.file_size(cx)? == 0;
+        let rebuilt = rebuild_wal_index(
             cx,
             self.wal.file(),
-            Some(&self.wal_path),
-            |frame, page, _db_size| {
-                mx_seen = frame;
-                private.append(cx, &mut heap, frame, page)
-            },
+            &self.wal_path,
+            &mut self.db,
+            &mut self.index,
+            self.page_size,
+            db_is_empty,
         )?;
-        self.check_scan_read_everything(cx, &report)?;
-        let mut hdr = WalIndexHdr::default();
-        if let Some(h) = report.header {
-            let ps = PageSize::try_new(h.page_size)?;
-            if ps != self.page_size {
-                if self.db.file_size(cx)? == 0 {
-                    self.page_size = ps;
-                } else if report.mx_frame > 0 {
-                    return Err(FrankenError::wal_corrupt(format!(
-                        "{} has page size {} but the database has {}",
-                        self.wal_path.display(),
-                        h.page_size,
-                        self.page_size
-                    )));
-                }
-            }
-            hdr.big_end_cksum = u8::from(h.big_endian_checksum());
-            hdr.set_wal_salts(h.salt);
-            hdr.set_page_size(ps);
-            hdr.mx_frame = report.mx_frame;
-            hdr.n_page = report.n_page;
-            hdr.a_frame_cksum = report.frame_checksum;
+        self.page_size = rebuilt.page_size;
+        self.hdr = rebuilt.hdr;
+        if let Some(h) = rebuilt.report.header {
             self.n_ckpt = h.checkpoint_seq;
-        } else {
-            hdr.set_page_size(self.page_size);
         }
-        // Copy the privately built hash regions into the shared -shm.
-        for k in 0..heap.len() as u32 {
-            let Some(src) = heap.get(k).cloned() else {
-                continue;
-            };
-            let dst = self
-                .index
-                .map_region(cx, &mut self.db, k, true)?
-                .cloned()
-                .ok_or_else(|| FrankenError::internal("could not extend the -shm"))?;
-            copy_region_into(&src, &dst, k);
-        }
-        // Any stale entries past mxFrame are cleaned by the next append; make sure the
-        // region holding mxFrame carries none.
-        self.index.rollback_to(cx, &mut self.db, hdr.mx_frame)?;
-        self.index.publish_header(cx, &mut self.db, &mut hdr)?;
-        self.hdr = hdr;
-        let r0 = self.region0(cx, true)?;
-        r0.set_n_backfill(0);
-        r0.set_n_backfill_attempted(hdr.mx_frame);
-        r0.set_read_mark(0, 0);
-        for i in 1..WAL_READ_MARK_COUNT as u32 {
-            if locks::try_exclusive(&mut self.db, cx, wal_read_lock(i), 1)? {
-                let mark = if i == 1 && hdr.mx_frame > 0 {
-                    hdr.mx_frame
-                } else {
-                    READMARK_NOT_USED
-                };
-                r0.set_read_mark(i as usize, mark);
-                locks::unlock_exclusive(&mut self.db, cx, wal_read_lock(i), 1)?;
-            }
-        }
-        if hdr.mx_frame > 0 {
+        if self.hdr.mx_frame > 0 {
             self.wal
                 .set_state_from_index(cx, self.wal_state_from_hdr())?;
         }
         tracing::info!(
             target: "fsqlite.wal.recovery",
             db = %self.db_path.display(),
-            frames = hdr.mx_frame,
-            scanned = mx_seen,
-            stop = %report.stop,
-            elapsed_us = start.elapsed().as_micros() as u64,
+            frames = self.hdr.mx_frame,
+            stop = %rebuilt.report.stop,
+            elapsed_us = rebuilt.elapsed.as_micros() as u64,
             "recovered {} frames from WAL file {}",
-            hdr.mx_frame,
+            self.hdr.mx_frame,
             self.wal_path.display()
         );
-        Ok(())
-    }
-
-    /// The scan counts a read that returns fewer bytes than asked as the end of the
-    /// file. Inside the file such a read is an I/O failure, and taking it for the end of
-    /// the valid prefix would let the next commit overwrite committed frames: `Err`
-    /// when the stop was a partial frame the file holds whole, or an invalid header that
-    /// reads back whole and valid.
-    fn check_scan_read_everything(&self, cx: &Cx, report: &ScanReport) -> Result<()> {
-        let short = |what: String| {
-            FrankenError::io(
-                "read",
-                Some(self.wal_path.clone()),
-                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what),
-            )
-        };
-        match report.stop {
-            StopReason::PartialFrame { frame, bytes } => {
-                let ps = report.header.map_or(0, |h| u64::from(h.page_size));
-                let frame_bytes = crate::checksum::WAL_FRAME_HEADER_SIZE as u64 + ps;
-                if report.stop_offset + frame_bytes <= report.file_size {
-                    return Err(short(format!(
-                        "short read during recovery: frame {frame} read as {bytes} bytes at \
-                         offset {}, but the file holds {} bytes",
-                        report.stop_offset, report.file_size
-                    )));
-                }
-            }
-            StopReason::EmptyOrInvalidHeader { .. }
-                if report.file_size > crate::checksum::WAL_HEADER_SIZE as u64 =>
-            {
-                let mut head = [0u8; crate::checksum::WAL_HEADER_SIZE];
-                let got = self.wal.file().read(cx, &mut head, 0)?;
-                if got < head.len() || crate::format::WalHeader::decode(&head).is_ok() {
-                    return Err(short(format!(
-                        "short read during recovery: the WAL header read as invalid, but \
-                         the file holds {} bytes and its header reads back {}",
-                        report.file_size,
-                        if got < head.len() { "short" } else { "valid" }
-                    )));
-                }
-            }
-            _ => {}
-        }
         Ok(())
     }
 

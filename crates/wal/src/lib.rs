@@ -9,6 +9,7 @@ pub mod connection;
 pub mod db_header;
 pub mod format;
 pub mod locks;
+pub mod recovery;
 pub mod recovery_fence;
 pub mod wal;
 pub mod wal_index;
