@@ -284,8 +284,12 @@ impl FrankenError {
             Self::ConcurrentUnavailable => {
                 "use plain BEGIN, or open the database where the .fsqlite-shm file can be created (hybrid mode)"
             }
-            Self::Full => "free disk space, then reopen the database; nothing acknowledged was lost",
-            Self::ReadOnly => "open the database read-write, or check the file and directory permissions",
+            Self::Full => {
+                "free disk space, then reopen the database; nothing acknowledged was lost"
+            }
+            Self::ReadOnly => {
+                "open the database read-write, or check the file and directory permissions"
+            }
             Self::CannotOpen { .. } => {
                 "check that the path exists, is a SQLite database in WAL mode, and is readable"
             }
@@ -316,15 +320,30 @@ mod tests {
 
     #[test]
     fn fixed_codes() {
-        assert_eq!(FrankenError::ConcurrentUnavailable.error_code(), ErrorCode::Error);
+        assert_eq!(
+            FrankenError::ConcurrentUnavailable.error_code(),
+            ErrorCode::Error
+        );
         assert_eq!(FrankenError::BusyRecovery.error_code(), ErrorCode::Busy);
         assert_eq!(FrankenError::BusyRecovery.extended_code(), 261);
         assert_eq!(FrankenError::BusySnapshot.extended_code(), 517);
         assert_eq!(FrankenError::ShortRead.extended_code(), 522);
-        assert_eq!(FrankenError::wal_corrupt("x").error_code(), ErrorCode::Corrupt);
-        assert_eq!(FrankenError::db_corrupt("x").error_code(), ErrorCode::Corrupt);
-        assert_eq!(FrankenError::out_of_range("a", 1).error_code(), ErrorCode::Range);
-        assert_eq!(FrankenError::internal("x").error_code(), ErrorCode::Internal);
+        assert_eq!(
+            FrankenError::wal_corrupt("x").error_code(),
+            ErrorCode::Corrupt
+        );
+        assert_eq!(
+            FrankenError::db_corrupt("x").error_code(),
+            ErrorCode::Corrupt
+        );
+        assert_eq!(
+            FrankenError::out_of_range("a", 1).error_code(),
+            ErrorCode::Range
+        );
+        assert_eq!(
+            FrankenError::internal("x").error_code(),
+            ErrorCode::Internal
+        );
         assert_eq!(FrankenError::Full.error_code(), ErrorCode::Full);
         assert_eq!(FrankenError::ReadOnly.error_code(), ErrorCode::ReadOnly);
         assert_eq!(FrankenError::Protocol.error_code(), ErrorCode::Protocol);

@@ -215,7 +215,9 @@ fn sqlite_joins_our_shm_instead_of_truncating_it() {
     let mut ours = open(&db);
     ours.lock(&cx, LockLevel::Shared).unwrap();
     // We are the first user; grow the -shm to two regions (all zero: no valid header).
-    ours.shm_map(&cx, 1, SHM_REGION_SIZE, true).unwrap().unwrap();
+    ours.shm_map(&cx, 1, SHM_REGION_SIZE, true)
+        .unwrap()
+        .unwrap();
     let two_regions = 2 * u64::from(SHM_REGION_SIZE);
     assert_eq!(std::fs::metadata(&shm_path).unwrap().len(), two_regions);
 
@@ -231,14 +233,24 @@ fn sqlite_joins_our_shm_instead_of_truncating_it() {
         .into_iter()
         .filter(|l| l.start == 128 && l.end == Some(128))
         .collect();
-    assert!(dms.iter().any(|l| l.class == "OFDLCK" && l.access == "READ"), "{dms:?}");
-    assert!(dms.iter().any(|l| l.pid == pid && l.access == "READ"), "{dms:?}");
+    assert!(
+        dms.iter()
+            .any(|l| l.class == "OFDLCK" && l.access == "READ"),
+        "{dms:?}"
+    );
+    assert!(
+        dms.iter().any(|l| l.pid == pid && l.access == "READ"),
+        "{dms:?}"
+    );
     // SQLite's commit is visible through our mapping (header copy A: iVersion, mxFrame).
     let r0 = ours
         .shm_map(&cx, 0, SHM_REGION_SIZE, false)
         .unwrap()
         .unwrap();
-    assert_eq!(r0.load_u32(0, std::sync::atomic::Ordering::Acquire), 3_007_000);
+    assert_eq!(
+        r0.load_u32(0, std::sync::atomic::Ordering::Acquire),
+        3_007_000
+    );
     assert!(r0.load_u32(16, std::sync::atomic::Ordering::Acquire) >= 1);
     py.quit();
 }
