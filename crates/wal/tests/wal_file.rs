@@ -869,3 +869,30 @@ proptest! {
         }
     }
 }
+
+/// On a device without power-safe overwrite (`MemoryVfs` reports none), a commit under
+/// `SyncMode::Full` is padded with copies of its commit frame up to the sector boundary,
+/// as SQLite does (FORMAT.md §9); padding frames are real, committed frames.
+#[test]
+fn commits_are_padded_to_the_sector_on_non_psow_devices() {
+    use fsqlite_types::VfsOpenFlags;
+    use fsqlite_vfs::{MemoryVfs, Vfs, VfsFile};
+    let cx = Cx::new();
+    let vfs = MemoryVfs::new();
+    vfs.set_sector_size(4096);
+    let flags = VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE | VfsOpenFlags::WAL;
+    let (f, _) = vfs.open(&cx, Some(std::path::Path::new("/p-wal")), flags).unwrap();
+    let ps = PageSize::new(1024).unwrap();
+    let mut w = WalFile::create(&cx, f, ps, [1, 2], 0, false).unwrap();
+    let page = vec![9u8; 1024];
+    let p1 = fsqlite_types::PageNumber::new(1).unwrap();
+    let last = w.append_frames(&cx, &[(p1, &page)], Some(1)).unwrap();
+    // 32 + n * 1048 must reach 4096: n = 4 frames (one real, three padding).
+    assert_eq!(last, 4);
+    let size = w.file().file_size(&cx).unwrap();
+    assert!(size >= 4096 && size < 4096 + 1048, "{size}");
+    let (_, report) = WalFile::open(&cx, w.into_file()).unwrap();
+    assert_eq!(report.mx_frame, 4);
+    assert_eq!(report.commits, 4);
+    assert_eq!(report.n_page, 1);
+}

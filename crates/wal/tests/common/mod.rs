@@ -73,6 +73,12 @@ fn injected() -> FrankenError {
 }
 
 impl VfsFile for VecFile {
+    /// A power-safe-overwrite device, like `UnixVfs`: no padding frames, so the tests'
+    /// frame arithmetic is exact. (`wal_file.rs` checks padding on `MemoryVfs`.)
+    fn device_characteristics(&self) -> u32 {
+        fsqlite_vfs::traits::iocap::POWERSAFE_OVERWRITE
+    }
+
     fn read(&self, _cx: &Cx, buf: &mut [u8], offset: u64) -> Result<usize> {
         let mut g = self.inner.lock().unwrap();
         g.reads += 1;
