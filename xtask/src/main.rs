@@ -4,14 +4,26 @@
 //! |---|---|
 //! | `ci` | exactly what `.ci/run` runs: fmt check, clippy, the workspace tests, loom smoke |
 //! | `loom [--bound N]` | the loom models (release, `--cfg loom`, bounded preemptions) |
+//! | `bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep]` | recovery and TRUNCATE checkpoint side by side with SQLite on identical WAL copies (release; see [`bench_vs_sqlite`]) |
+//! | `kill9 [--budget-secs N] [--seed S] [--keep-going]` | the multi-process kill -9 soak (release) until the budget ends; writes `target/test-stats/kill9.json` (see [`kill9`]) |
+//! | `reliability [--budget-secs N] [--seed S]`, `crash-sim`, `io-fault`, `diff-case`, `fuzz [--budget-secs N]` | the reliability suite and its replays (see [`reliability`]) |
 //!
 //! Long runs live here, never in CI: each takes a budget and writes its figures.
+
+mod bench_vs_sqlite;
+mod kill9;
+mod reliability;
 
 use std::env;
 use std::process::{Command, ExitCode};
 
 /// The loom test targets, as `(package, test target)`.
-const LOOM_TARGETS: &[(&str, &str)] = &[("fsqlite-types", "")];
+const LOOM_TARGETS: &[(&str, &str)] = &[
+    ("fsqlite-types", ""),
+    ("fsqlite-wal", "loom_index_header"),
+    ("fsqlite-wal", "loom_fence"),
+    ("fsqlite-wal", "loom_checkpoint"),
+];
 
 fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: running {cmd:?}");
@@ -63,7 +75,8 @@ fn ci() -> Result<(), String> {
 }
 
 fn usage() -> String {
-    "usage: cargo xtask <ci | loom [--bound N]>".to_string()
+    "usage: cargo xtask <ci | loom [--bound N] | bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep] | kill9 [--budget-secs N] [--seed S] | reliability [--budget-secs N] [--seed S] | crash-sim --seed S --workload W --case K | io-fault ... | diff-case --seed S --case C | fuzz [--budget-secs N]>"
+        .to_string()
 }
 
 fn parse_flag(args: &[String], name: &str) -> Result<Option<u64>, String> {
@@ -86,6 +99,14 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("loom") => parse_flag(&args, "--bound")
             .and_then(|b| loom(u32::try_from(b.unwrap_or(2)).unwrap_or(2))),
+        Some("bench-vs-sqlite") => bench_vs_sqlite::run(&args[1..]),
+        Some("kill9") => kill9::run(&args[1..]),
+        Some("reliability") => reliability::reliability(&args[1..]),
+        Some("fuzz") => reliability::fuzz(&args[1..]),
+        Some(sub @ ("crash-sim" | "io-fault" | "diff-case")) => {
+            reliability::passthrough(sub, &args[1..])
+        }
+        Some(bench_vs_sqlite::CHILD_COMMAND) => bench_vs_sqlite::child(&args[1..]),
         _ => Err(usage()),
     };
     match result {
