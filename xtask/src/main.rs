@@ -23,6 +23,8 @@ const LOOM_TARGETS: &[(&str, &str)] = &[
     ("fsqlite-wal", "loom_index_header"),
     ("fsqlite-wal", "loom_fence"),
     ("fsqlite-wal", "loom_checkpoint"),
+    ("fsqlite-wal", "loom_read_mark"),
+    ("fsqlite-mvcc", "loom_hybrid"),
 ];
 
 fn run(cmd: &mut Command) -> Result<(), String> {
