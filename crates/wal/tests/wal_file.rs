@@ -881,7 +881,9 @@ fn commits_are_padded_to_the_sector_on_non_psow_devices() {
     let vfs = MemoryVfs::new();
     vfs.set_sector_size(4096);
     let flags = VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE | VfsOpenFlags::WAL;
-    let (f, _) = vfs.open(&cx, Some(std::path::Path::new("/p-wal")), flags).unwrap();
+    let (f, _) = vfs
+        .open(&cx, Some(std::path::Path::new("/p-wal")), flags)
+        .unwrap();
     let ps = PageSize::new(1024).unwrap();
     let mut w = WalFile::create(&cx, f, ps, [1, 2], 0, false).unwrap();
     let page = vec![9u8; 1024];
