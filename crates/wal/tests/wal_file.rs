@@ -892,7 +892,7 @@ fn commits_are_padded_to_the_sector_on_non_psow_devices() {
     // 32 + n * 1048 must reach 4096: n = 4 frames (one real, three padding).
     assert_eq!(last, 4);
     let size = w.file().file_size(&cx).unwrap();
-    assert!(size >= 4096 && size < 4096 + 1048, "{size}");
+    assert!((4096..4096 + 1048).contains(&size), "{size}");
     let (_, report) = WalFile::open(&cx, w.into_file()).unwrap();
     assert_eq!(report.mx_frame, 4);
     assert_eq!(report.commits, 4);
