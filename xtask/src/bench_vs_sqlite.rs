@@ -20,6 +20,8 @@
 //!       ours:   `Wal::open` (recovery, untimed), then time `Wal::checkpoint(Truncate)`,
 //!               which always includes the recovery barrier (full fsync of the database,
 //!               read-back verification of every copied page)
+//!     (after each child the parent fsyncs the files it wrote, untimed, so a sync-OFF
+//!     run's dirty pages are not written back during the next measurement)
 //!     then the two database files must be byte-identical and both WALs empty
 //! ```
 //!
@@ -201,6 +203,19 @@ fn fresh_copy(from: &Path, to: &Path) -> Result<(), String> {
             .map_err(|e| io_err("fsync", &b, &e))?;
     }
     remove_shm(to)
+}
+
+/// Fsyncs the database and its `-wal` (when present).
+fn fsync_files(db: &Path) -> Result<(), String> {
+    for suffix in ["", "-wal"] {
+        let p = sibling(db, suffix);
+        if p.exists() {
+            std::fs::File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io_err("fsync", &p, &e))?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_shm(db: &Path) -> Result<(), String> {
@@ -600,6 +615,10 @@ fn bench_size(
                 };
                 fresh_copy(&src, db)?;
                 let v = measure(kind, db, Some(sync))?;
+                // A synchronous-OFF checkpoint leaves its database dirty in the page
+                // cache; write it back now, untimed, so that the next measurement does
+                // not share the disk with it.
+                fsync_files(db)?;
                 if run_sqlite {
                     fig.sqlite.push(ns_of(&v));
                 } else {
@@ -656,7 +675,7 @@ struct Args {
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut out = Args {
         sizes: vec![64, 256],
-        reps: 7,
+        reps: 11,
         dir: None,
         keep: false,
     };

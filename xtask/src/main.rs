@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `ci` | exactly what `.ci/run` runs: fmt check, clippy, the workspace tests, loom smoke |
 //! | `loom [--bound N]` | the loom models (release, `--cfg loom`, bounded preemptions) |
-//! | `bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep]` | recovery and TRUNCATE checkpoint side by side with SQLite on identical WAL copies (release; see [`bench_vs_sqlite`]) |
+//! | `bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep]` | recovery and TRUNCATE checkpoint side by side with SQLite on identical WAL copies (release; see `xtask/src/bench_vs_sqlite.rs` and `docs/BENCHMARKS.md`) |
 //! | `kill9 [--budget-secs N] [--seed S] [--keep-going]` | the multi-process kill -9 soak (release) until the budget ends; writes `target/test-stats/kill9.json` (see [`kill9`]) |
 //! | `reliability [--budget-secs N] [--seed S]`, `crash-sim`, `io-fault`, `diff-case`, `fuzz [--budget-secs N]` | the reliability suite and its replays (see [`reliability`]) |
 //!

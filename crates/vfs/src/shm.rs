@@ -148,6 +148,7 @@ impl ShmRegion {
     }
 
     /// Length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         match &self.backing {
             Backing::Heap(v) => v.len() * 4,
@@ -180,6 +181,7 @@ impl ShmRegion {
     ///
     /// # Panics
     /// On a misaligned or out-of-range offset (a caller bug, never input-driven).
+    #[inline]
     pub fn atomic_u32(&self, byte_off: usize) -> &AtomicU32 {
         assert!(
             byte_off.is_multiple_of(4),
@@ -206,15 +208,18 @@ impl ShmRegion {
     }
 
     /// Loads the native-order `u32` at `byte_off`.
+    #[inline]
     pub fn load_u32(&self, byte_off: usize, order: Ordering) -> u32 {
         self.atomic_u32(byte_off).load(order)
     }
 
     /// Stores a native-order `u32` at `byte_off`.
+    #[inline]
     pub fn store_u32(&self, byte_off: usize, v: u32, order: Ordering) {
         self.atomic_u32(byte_off).store(v, order);
     }
 
+    #[inline]
     fn u16_shift(byte_off: usize) -> u32 {
         let high_half = byte_off % 4 == 2;
         if cfg!(target_endian = "little") == high_half {
@@ -225,6 +230,7 @@ impl ShmRegion {
     }
 
     /// Loads the native-order `u16` at `byte_off` (2-aligned).
+    #[inline]
     pub fn load_u16(&self, byte_off: usize, order: Ordering) -> u16 {
         assert!(
             byte_off.is_multiple_of(2),
@@ -236,6 +242,7 @@ impl ShmRegion {
 
     /// Stores a native-order `u16` at `byte_off` (2-aligned), leaving the other half of
     /// the word as it is.
+    #[inline]
     pub fn store_u16(&self, byte_off: usize, v: u16, order: Ordering) {
         assert!(
             byte_off.is_multiple_of(2),

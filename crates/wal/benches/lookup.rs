@@ -17,7 +17,7 @@
 //!
 //! | bench | what it measures |
 //! |---|---|
-//! | `proto_plain/{hit,miss}` | the same `walFindFrame` loop over plain `u32`/`u16` slices copied out of the regions: the cost when every shm word access inlines |
+//! | `proto_plain/{hit,miss,newest_region}` | the same `walFindFrame` loop over plain `u32`/`u16` slices copied out of the regions: the cost when every shm word access inlines (the build time of such arrays with `walIndexAppend` is printed too; it must equal the library's regions) |
 //! | `proto_map/{hit,miss}` | a connection-private open-addressing map page → newest frame, built from the `aPgno` arrays (build cost printed per frame) |
 //!
 //! Each iteration does [`BATCH`] lookups; ns/lookup is printed at the end as the median
@@ -137,6 +137,32 @@ struct PlainRegions {
 }
 
 impl PlainRegions {
+    /// SQLite's `walIndexAppend` for frames `1..=pages.len()` over plain arrays (the
+    /// prototype of a private index build that needs no atomics).
+    fn build(pages: &[u32]) -> Self {
+        let mut out = Self {
+            pgno: Vec::new(),
+            hash: Vec::new(),
+        };
+        for (i, &page) in pages.iter().enumerate() {
+            let frame = i as u32 + 1;
+            let k = frame_region(frame) as usize;
+            if k == out.pgno.len() {
+                out.pgno.push(vec![0; region_capacity(k as u32) as usize]);
+                out.hash.push(vec![0; HASHTABLE_NSLOT as usize]);
+            }
+            let idx = frame - region_i_zero(k as u32);
+            let hs = &mut out.hash[k];
+            let mut key = wal_hash(page) as usize;
+            while hs[key] != 0 {
+                key = (key + 1) & (HASHTABLE_NSLOT as usize - 1);
+            }
+            out.pgno[k][idx as usize - 1] = page;
+            hs[key] = idx as u16;
+        }
+        out
+    }
+
     fn from_heap(heap: &HeapRegions) -> Self {
         let image = heap.to_image();
         let mut pgno = Vec::new();
@@ -283,6 +309,14 @@ fn lookups(c: &mut Criterion) {
         .count();
 
     let plain = PlainRegions::from_heap(&f.heap);
+    let t = Instant::now();
+    let built = PlainRegions::build(&f.frame_pages);
+    eprintln!(
+        "proto_plain: walIndexAppend of {FRAMES} frames over plain arrays in {:?} ({:.1} ns/append)",
+        t.elapsed(),
+        t.elapsed().as_secs_f64() * 1e9 / f64::from(FRAMES)
+    );
+    assert!(built.pgno == plain.pgno && built.hash == plain.hash);
     let t = Instant::now();
     let map = PageMap::build(
         (1..=FRAMES).map(|fr| {

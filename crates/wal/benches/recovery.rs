@@ -289,7 +289,10 @@ fn scans(c: &mut Criterion) {
     let cx = Cx::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let src = common::sqlite_wal(dir.path(), "src.db", WAL_BYTES);
-    let wal_path = common::sibling(&src, "-wal");
+    // The same kind of copy `recovery` opens (fsynced, so no writeback runs meanwhile).
+    let db = dir.path().join("copy.db");
+    common::fresh_copy(&src, &db);
+    let wal_path = common::sibling(&db, "-wal");
     let file = File::open(&wal_path).expect("open the WAL");
     let h = read_hdr(&file);
     let flags = VfsOpenFlags::READWRITE | VfsOpenFlags::WAL;
