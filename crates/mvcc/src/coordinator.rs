@@ -72,7 +72,7 @@ use fsqlite_wal::checksum::WAL_HEADER_SIZE;
 use fsqlite_wal::db_header::{DB_HEADER_SIZE, DbHeader};
 use fsqlite_wal::format::WalHeader;
 use fsqlite_wal::locks;
-use fsqlite_wal::recovery::rebuild_wal_index;
+use fsqlite_wal::recovery::{lock_for_recovery, rebuild_wal_index, unlock_after_recovery};
 use fsqlite_wal::recovery_fence::{
     RECOVERY_FENCE_BACKOFF, RECOVERY_FENCE_MAX_RETRIES, RecoveryFence,
 };
@@ -957,17 +957,9 @@ impl<V: Vfs> Hybrid<V> {
             RECOVERY_FENCE_MAX_RETRIES,
             RECOVERY_FENCE_BACKOFF,
         )?;
-        if !locks::wait_exclusive(
-            &mut self.db,
-            cx,
-            WAL_CKPT_LOCK,
-            2,
-            self.options.busy_timeout,
-        )? {
-            return Err(FrankenError::Busy);
-        }
+        lock_for_recovery(cx, &mut self.db, self.options.busy_timeout)?;
         let r = self.recover_locked(cx, inspection);
-        let unlocked = locks::unlock_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 2);
+        let unlocked = unlock_after_recovery(cx, &mut self.db);
         r?;
         unlocked?;
         guard.complete();

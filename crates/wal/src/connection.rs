@@ -66,7 +66,7 @@ use crate::checkpoint_executor::{
 };
 use crate::db_header::{DB_HEADER_SIZE, DbHeader};
 use crate::locks;
-use crate::recovery::rebuild_wal_index;
+use crate::recovery::{lock_for_recovery, rebuild_wal_index, unlock_after_recovery};
 use crate::recovery_fence::{
     PageVerifyMode, RECOVERY_FENCE_BACKOFF, RECOVERY_FENCE_MAX_RETRIES, RecoveryFence,
 };
@@ -578,17 +578,9 @@ impl<V: Vfs> Wal<V> {
             RECOVERY_FENCE_MAX_RETRIES,
             RECOVERY_FENCE_BACKOFF,
         )?;
-        if !locks::wait_exclusive(
-            &mut self.db,
-            cx,
-            WAL_CKPT_LOCK,
-            2,
-            self.options.busy_timeout,
-        )? {
-            return Err(FrankenError::Busy);
-        }
+        lock_for_recovery(cx, &mut self.db, self.options.busy_timeout)?;
         let r = self.recover_locked(cx);
-        let _ = locks::unlock_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 2);
+        let _ = unlock_after_recovery(cx, &mut self.db);
         if r.is_ok() {
             guard.complete();
             self.recoveries += 1;

@@ -29,6 +29,22 @@ use crate::wal_index::{
     copy_region_into,
 };
 
+/// Takes `WAL_CKPT_LOCK` and `WAL_RECOVER_LOCK` exclusively (one range of two slots),
+/// waiting up to `timeout`; `Busy` after that. The caller already holds WRITE.
+pub fn lock_for_recovery<D: VfsFile>(cx: &Cx, db: &mut D, timeout: Duration) -> Result<()> {
+    const _: () = assert!(fsqlite_vfs::WAL_RECOVER_LOCK == fsqlite_vfs::WAL_CKPT_LOCK + 1);
+    if locks::wait_exclusive(db, cx, fsqlite_vfs::WAL_CKPT_LOCK, 2, timeout)? {
+        Ok(())
+    } else {
+        Err(FrankenError::Busy)
+    }
+}
+
+/// Releases what [`lock_for_recovery`] took.
+pub fn unlock_after_recovery<D: VfsFile>(cx: &Cx, db: &mut D) -> Result<()> {
+    locks::unlock_exclusive(db, cx, fsqlite_vfs::WAL_CKPT_LOCK, 2)
+}
+
 /// What [`rebuild_wal_index`] built.
 #[derive(Debug, Clone)]
 pub struct RebuiltIndex {
