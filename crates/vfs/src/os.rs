@@ -1,8 +1,9 @@
 //! Syscall glue for [`crate::unix`]: Linux open-file-description (OFD) byte-range locks,
 //! directory fsync and file-creation modes.
 //!
-//! Everything here is a thin, safe wrapper: `nix::fcntl::fcntl` does the `fcntl(2)` calls
-//! and `std::fs` does the rest, so this module holds no `unsafe` code.
+//! Everything here is a thin wrapper: `nix::fcntl::fcntl` does the `fcntl(2)` calls and
+//! `std::fs` most of the rest. The one `unsafe` block is the `sync_file_range(2)` call in
+//! [`start_writeback`] (nix has no wrapper for it); it passes only integers.
 //!
 //! A lock request is `(kind, start, len)` over bytes `start .. start + len` of the file
 //! (`len == 0` means "to the end of the file and beyond", as in `struct flock`). OFD locks
@@ -116,4 +117,42 @@ pub(crate) fn sync_parent_dir(path: &Path) -> io::Result<()> {
 /// The permission bits (`st_mode & 0o777`) of an open file.
 pub(crate) fn mode_of(file: &File) -> io::Result<u32> {
     Ok(file.metadata()?.mode() & 0o777)
+}
+
+/// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`: starts writeback of the
+/// dirty pages in `offset .. offset + len` and returns without waiting.
+///
+/// Only `SYNC_FILE_RANGE_WRITE`: the `WAIT_*` flags would collect a writeback error here
+/// and the `fsync` that follows (the one that makes the data durable) would no longer see
+/// it. On systems without the call (`ENOSYS`) or files that cannot do it (`EINVAL`,
+/// `ESPIPE`) it is a no-op, since it is only a hint.
+#[cfg(target_os = "linux")]
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return Ok(());
+    };
+    loop {
+        // SAFETY: `sync_file_range` takes a descriptor and three integers and touches no
+        // memory of ours; the descriptor is open for as long as `file` is borrowed.
+        let rc =
+            unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+        if rc == 0 {
+            return Ok(());
+        }
+        match Errno::last() {
+            Errno::EINTR => {}
+            Errno::ENOSYS | Errno::EINVAL | Errno::ESPIPE => return Ok(()),
+            e => return Err(io::Error::from(e)),
+        }
+    }
+}
+
+/// Not Linux: writeback hints are a no-op.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn start_writeback(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
+    Ok(())
 }

@@ -92,6 +92,15 @@ pub trait VfsFile: Send + Sync {
     /// Makes earlier writes durable (`fsync`, or `fdatasync` with `DATAONLY`).
     fn sync(&mut self, cx: &Cx, flags: SyncFlags) -> Result<()>;
 
+    /// Starts writing back dirty data in `offset .. offset + len` without waiting for it.
+    ///
+    /// A hint for long copies (the checkpoint calls it every few MiB so the final `sync`
+    /// finds little left to write); it makes nothing durable, and an error it would hide is
+    /// still reported by the next `sync`. Default: does nothing.
+    fn start_writeback(&mut self, _cx: &Cx, _offset: u64, _len: u64) -> Result<()> {
+        Ok(())
+    }
+
     /// The file size in bytes.
     fn file_size(&self, cx: &Cx) -> Result<u64>;
 

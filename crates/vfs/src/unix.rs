@@ -913,6 +913,10 @@ impl VfsFile for UnixFile {
         Ok(())
     }
 
+    fn start_writeback(&mut self, _cx: &Cx, offset: u64, len: u64) -> Result<()> {
+        os::start_writeback(&self.file, offset, len).map_err(|e| self.io("sync_file_range", e))
+    }
+
     fn file_size(&self, _cx: &Cx) -> Result<u64> {
         self.file
             .metadata()
