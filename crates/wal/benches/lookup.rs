@@ -13,12 +13,13 @@
 //! | `find_frame/newest_region` | pages written in the last region only |
 //! | `segments/hit` | the same as `hit`, straight over `HashSegment`s (no region cache) |
 //!
-//! Two prototypes, for comparison only (they are not the library's code):
+//! | `frame_map/{hit,miss}` | the library's connection-private map page → newest frame ([`FrameMap`], what `ReadTxn::read_page` uses), built from the `aPgno` arrays (build cost printed per frame) |
+//!
+//! One prototype, for comparison only (not the library's code):
 //!
 //! | bench | what it measures |
 //! |---|---|
 //! | `proto_plain/{hit,miss,newest_region}` | the same `walFindFrame` loop over plain `u32`/`u16` slices copied out of the regions: the cost when every shm word access inlines (the build time of such arrays with `walIndexAppend` is printed too; it must equal the library's regions) |
-//! | `proto_map/{hit,miss}` | a connection-private open-addressing map page → newest frame, built from the `aPgno` arrays (build cost printed per frame) |
 //!
 //! Each iteration does [`BATCH`] lookups; ns/lookup is printed at the end as the median
 //! over 31 timed batches, with p10/p90.
@@ -30,6 +31,8 @@ use std::time::Instant;
 
 use criterion::{Criterion, Throughput};
 use fsqlite_types::{Cx, PageNumber};
+use fsqlite_vfs::ShmRegion;
+use fsqlite_wal::frame_map::FrameMap;
 use fsqlite_wal::wal_index::{
     HASH_TABLE_OFFSET, HASHTABLE_NSLOT, HashSegment, HeapRegions, WALINDEX_PGSZ, WalIndex,
     frame_region, region_apgno_offset, region_capacity, region_i_zero, wal_hash,
@@ -213,52 +216,6 @@ impl PlainRegions {
     }
 }
 
-/// Prototype: a private open-addressing map page → newest frame (keys 0 = empty).
-struct PageMap {
-    keys: Vec<u32>,
-    frames: Vec<u32>,
-    mask: usize,
-}
-
-impl PageMap {
-    fn slot(page: u32, mask: usize) -> usize {
-        (page.wrapping_mul(0x9e37_79b1) >> 8) as usize & mask
-    }
-
-    /// Built from the frames' pages in frame order (a later frame overwrites).
-    fn build(frame_pages: impl Iterator<Item = u32>, frames: usize) -> Self {
-        let cap = (2 * frames).next_power_of_two().max(16);
-        let mut m = Self {
-            keys: vec![0; cap],
-            frames: vec![0; cap],
-            mask: cap - 1,
-        };
-        for (i, page) in frame_pages.enumerate() {
-            let mut k = Self::slot(page, m.mask);
-            while m.keys[k] != 0 && m.keys[k] != page {
-                k = (k + 1) & m.mask;
-            }
-            m.keys[k] = page;
-            m.frames[k] = i as u32 + 1;
-        }
-        m
-    }
-
-    fn find(&self, page: u32) -> Option<u32> {
-        let mut k = Self::slot(page, self.mask);
-        loop {
-            let key = self.keys[k];
-            if key == page {
-                return Some(self.frames[k]);
-            }
-            if key == 0 {
-                return None;
-            }
-            k = (k + 1) & self.mask;
-        }
-    }
-}
-
 /// Median, p10 and p90 ns/lookup over 31 timed batches.
 fn ns_per_lookup(mut batch: impl FnMut() -> u64) -> (f64, f64, f64) {
     for _ in 0..5 {
@@ -317,18 +274,18 @@ fn lookups(c: &mut Criterion) {
         t.elapsed().as_secs_f64() * 1e9 / f64::from(FRAMES)
     );
     assert!(built.pgno == plain.pgno && built.hash == plain.hash);
+    let regions: Vec<ShmRegion> = (0..f.heap.len() as u32)
+        .map(|k| f.heap.get(k).expect("region").clone())
+        .collect();
+    let mut map = FrameMap::new();
     let t = Instant::now();
-    let map = PageMap::build(
-        (1..=FRAMES).map(|fr| {
-            let k = frame_region(fr);
-            plain.pgno[k as usize][(fr - region_i_zero(k) - 1) as usize]
-        }),
-        FRAMES as usize,
-    );
+    assert!(map.sync_to(&regions, [1, 2], FRAMES).expect("sync_to"));
     eprintln!(
-        "proto_map: built from {FRAMES} aPgno entries in {:?} ({:.1} ns/frame)",
+        "frame_map: built from {FRAMES} aPgno entries in {:?} ({:.1} ns/frame, {} pages, {} KiB)",
         t.elapsed(),
-        t.elapsed().as_secs_f64() * 1e9 / f64::from(FRAMES)
+        t.elapsed().as_secs_f64() * 1e9 / f64::from(FRAMES),
+        map.len(),
+        map.heap_bytes() / 1024
     );
     for &p in hit.iter().chain(&miss).take(2 * BATCH) {
         let want = f
@@ -336,7 +293,7 @@ fn lookups(c: &mut Criterion) {
             .find_frame(&f.cx, &mut f.heap, p, 1, FRAMES)
             .expect("find_frame");
         assert_eq!(plain.find(p.get(), 1, FRAMES), want, "plain, page {p}");
-        assert_eq!(map.find(p.get()), want, "map, page {p}");
+        assert_eq!(map.find(p.get(), 1), want, "map, page {p}");
     }
     let plain_all = |pages: &[PageNumber]| {
         pages.iter().fold(0u64, |acc, &p| {
@@ -347,7 +304,7 @@ fn lookups(c: &mut Criterion) {
     };
     let map_all = |pages: &[PageNumber]| {
         pages.iter().fold(0u64, |acc, &p| {
-            acc.wrapping_add(u64::from(map.find(black_box(p).get()).unwrap_or(0)))
+            acc.wrapping_add(u64::from(map.find(black_box(p).get(), 1).unwrap_or(0)))
         })
     };
 
@@ -361,8 +318,8 @@ fn lookups(c: &mut Criterion) {
     group.bench_function("segments/hit", |b| b.iter(|| find_all_segments(&f, &hit)));
     group.bench_function("proto_plain/hit", |b| b.iter(|| plain_all(&hit)));
     group.bench_function("proto_plain/miss", |b| b.iter(|| plain_all(&miss)));
-    group.bench_function("proto_map/hit", |b| b.iter(|| map_all(&hit)));
-    group.bench_function("proto_map/miss", |b| b.iter(|| map_all(&miss)));
+    group.bench_function("frame_map/hit", |b| b.iter(|| map_all(&hit)));
+    group.bench_function("frame_map/miss", |b| b.iter(|| map_all(&miss)));
     group.finish();
 
     let rows = [
@@ -382,8 +339,8 @@ fn lookups(c: &mut Criterion) {
             "proto_plain/newest_region",
             ns_per_lookup(|| plain_all(&newest)),
         ),
-        ("proto_map/hit", ns_per_lookup(|| map_all(&hit))),
-        ("proto_map/miss", ns_per_lookup(|| map_all(&miss))),
+        ("frame_map/hit", ns_per_lookup(|| map_all(&hit))),
+        ("frame_map/miss", ns_per_lookup(|| map_all(&miss))),
     ];
     eprintln!(
         "lookup on a {FRAMES}-frame WAL-index, {DB_PAGES} db pages ({found} of {BATCH} hit pages are in the WAL):"

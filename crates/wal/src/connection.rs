@@ -12,7 +12,9 @@
 //! begin_read walTryBeginRead: READ_LOCK(0) when the WAL is fully backfilled, else the
 //!            largest read mark ≤ mxFrame (or claim a slot under its exclusive lock),
 //!            shared READ_LOCK(i), then re-check mark and header; ≤ 100 tries → Protocol
-//! read_page  newest frame in [nBackfill+1, mxFrame] from the hash tables, else the db file
+//! read_page  newest frame in [nBackfill+1, mxFrame] (the connection's page → frame map,
+//!            extended at each begin by the frames committed since; else the hash
+//!            tables), else the db file
 //! begin_write begin_read + WRITE lock (waiting up to busy_timeout → Busy)
 //! commit     restart the WAL if fully backfilled and unused → append frames with the
 //!            chained checksum, commit marker = new db size → sync per SyncMode → hash
@@ -65,6 +67,7 @@ use crate::checkpoint_executor::{
     wal_frame_data_offset,
 };
 use crate::db_header::{DB_HEADER_SIZE, DbHeader};
+use crate::frame_map::FrameMap;
 use crate::locks;
 use crate::recovery::{lock_for_recovery, rebuild_wal_index, unlock_after_recovery};
 use crate::recovery_fence::{
@@ -139,6 +142,8 @@ pub struct Wal<V: Vfs> {
     recoveries: u64,
     /// Test-only: checkpoints skip the database fsync of the recovery barrier.
     skip_barrier_for_tests: bool,
+    /// Page → newest frame of the current WAL generation, up to the last snapshot.
+    frame_map: FrameMap,
 }
 
 impl<V: Vfs> std::fmt::Debug for Wal<V> {
@@ -293,6 +298,7 @@ impl<V: Vfs> Wal<V> {
             n_ckpt: 0,
             recoveries: 0,
             skip_barrier_for_tests: false,
+            frame_map: FrameMap::new(),
         };
         // Bring the WAL-index up (recovering it if needed) exactly as the first read
         // would: while another connection is recovering it, wait (BusyRecovery after
@@ -739,8 +745,11 @@ impl<V: Vfs> Wal<V> {
             let bytes = self.db.file_size(cx)?;
             u32::try_from(bytes / u64::from(self.page_size.get())).unwrap_or(u32::MAX)
         };
+        let use_map =
+            !regions.is_empty() && self.frame_map.sync_to(&regions, self.hdr.wal_salts(), mx)?;
         Ok(Snapshot {
             regions,
+            use_map,
             mx_frame: if self.read_lock == Some(0) { 0 } else { mx },
             min_frame: self.min_frame,
             db_size,
@@ -761,7 +770,12 @@ impl<V: Vfs> Wal<V> {
                 buf.len(),
             ));
         }
-        if let Some(frame) = lookup_frame(&snap.regions, page, snap.min_frame, snap.mx_frame)? {
+        let frame = if snap.use_map {
+            self.frame_map.find(page.get(), snap.min_frame)
+        } else {
+            lookup_frame(&snap.regions, page, snap.min_frame, snap.mx_frame)?
+        };
+        if let Some(frame) = frame {
             let off = wal_frame_data_offset(frame, self.page_size.get());
             let got = self.wal.file().read(cx, buf, off)?;
             if got < buf.len() {
@@ -1117,6 +1131,8 @@ impl<F: VfsFile> CheckpointTarget for NoSyncTarget<'_, F> {
 #[derive(Debug)]
 struct Snapshot {
     regions: Vec<ShmRegion>,
+    /// `Wal::frame_map` describes exactly frames `1..=mx_frame` of this snapshot.
+    use_map: bool,
     mx_frame: u32,
     min_frame: u32,
     db_size: u32,

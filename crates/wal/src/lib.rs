@@ -11,6 +11,7 @@
 //! | [`format`] | the 32-byte WAL header and 24-byte frame header |
 //! | [`wal`] | the WAL file: valid-prefix scan, append, restart, truncate, padding frames |
 //! | [`wal_index`] | the `-shm`: header copies, checkpoint info, read marks, hash tables |
+//! | [`frame_map`] | a connection's private page → newest-frame map (the lookup fast path) |
 //! | [`recovery`] | rebuilding the `-shm` from the WAL |
 //! | [`recovery_fence`] | one recovery at a time, fsync-before-truncate, the PID registry, post-checkpoint verification |
 //! | [`checkpoint`], [`checkpoint_executor`] | checkpoint decisions (pure) and the copy + barrier (I/O) |
@@ -45,6 +46,7 @@ pub mod checksum;
 pub mod connection;
 pub mod db_header;
 pub mod format;
+pub mod frame_map;
 pub mod locks;
 pub mod recovery;
 pub mod recovery_fence;
