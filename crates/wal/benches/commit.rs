@@ -14,7 +14,10 @@
 //! processes hits both alike), then the criterion groups
 //! `commit/<sync>/<k>pages/{wal,raw_pwrite}`, and `commit/txn_overhead/begin_write_rollback`
 //! (begin_write + rollback of an empty transaction: the shm lock round trips every write
-//! transaction pays, without the WAL write).
+//! transaction pays, without the WAL write). Our side runs twice: in SQLite's normal
+//! locking mode (`-shm` locks around every transaction) and in exclusive locking mode
+//! (`Wal::set_locking_mode`: the database file's EXCLUSIVE lock, no `-shm` lock calls),
+//! reported as `locking=normal|exclusive` and `wal` / `wal_exclusive`.
 //!
 //! `cargo bench -p fsqlite-wal --bench commit -- --warm-up-time 1 --measurement-time 3`
 //! (`COMMIT_BENCH_FULL=0` skips the slow `Full` mode.)
@@ -29,7 +32,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use fsqlite_types::{Cx, PageNumber};
 use fsqlite_vfs::UnixVfs;
-use fsqlite_wal::{CheckpointMode, SyncMode, Wal, WalOptions};
+use fsqlite_wal::{CheckpointMode, LockingMode, SyncMode, Wal, WalOptions};
 
 const PAGE_SIZE: usize = 4096;
 const FRAME_HEADER: usize = 24;
@@ -75,7 +78,7 @@ struct Ours {
 }
 
 impl Ours {
-    fn new(dir: &Path, sync: SyncMode, per_commit: usize) -> Self {
+    fn new(dir: &Path, sync: SyncMode, per_commit: usize, mode: LockingMode) -> Self {
         let cx = Cx::new();
         let options = WalOptions {
             sync,
@@ -84,8 +87,14 @@ impl Ours {
             checkpoint_on_close: false,
             ..WalOptions::default()
         };
-        let wal = Wal::open(&cx, Arc::new(UnixVfs::new()), dir.join("ours.db"), options)
+        let name = match mode {
+            LockingMode::Normal => "ours.db",
+            LockingMode::Exclusive => "ours-exclusive.db",
+        };
+        let mut wal = Wal::open(&cx, Arc::new(UnixVfs::new()), dir.join(name), options)
             .expect("open the benchmark database");
+        wal.set_locking_mode(&cx, mode)
+            .expect("set the locking mode");
         let pages = (0..per_commit)
             .map(|i| random_bytes(PAGE_SIZE, 0x5eed + i as u64))
             .collect();
@@ -239,15 +248,18 @@ fn commit_path(c: &mut Criterion) {
     for sync in modes() {
         for per_commit in [1usize, 16] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let mut ours = Ours::new(dir.path(), sync, per_commit);
+            let mut ours = Ours::new(dir.path(), sync, per_commit, LockingMode::Normal);
+            let mut excl = Ours::new(dir.path(), sync, per_commit, LockingMode::Exclusive);
             let mut raw = Raw::new(dir.path(), sync, per_commit);
             let rounds = if sync == SyncMode::Full { 20 } else { 500 };
-            let (med, p10, p90, o, r) = interleaved_ratio(&mut ours, &mut raw, rounds);
-            eprintln!(
-                "ratio commit sync={} pages={per_commit}: ours / raw pwrite median {med:.2}x \
-                 (p10 {p10:.2}x, p90 {p90:.2}x); per commit ours {o:?}, raw {r:?}",
-                sync_name(sync)
-            );
+            for (label, side) in [("normal", &mut ours), ("exclusive", &mut excl)] {
+                let (med, p10, p90, o, r) = interleaved_ratio(side, &mut raw, rounds);
+                eprintln!(
+                    "ratio commit sync={} pages={per_commit} locking={label}: ours / raw pwrite \
+                     median {med:.2}x (p10 {p10:.2}x, p90 {p90:.2}x); per commit ours {o:?}, raw {r:?}",
+                    sync_name(sync)
+                );
+            }
             let mut group =
                 c.benchmark_group(format!("commit/{}/{per_commit}pages", sync_name(sync)));
             group.throughput(Throughput::Bytes(
@@ -257,6 +269,7 @@ fn commit_path(c: &mut Criterion) {
                 group.sample_size(10);
             }
             group.bench_function("wal", |b| b.iter_custom(|n| ours.run(n)));
+            group.bench_function("wal_exclusive", |b| b.iter_custom(|n| excl.run(n)));
             group.bench_function("raw_pwrite", |b| b.iter_custom(|n| raw.run(n)));
             group.finish();
         }
@@ -266,15 +279,20 @@ fn commit_path(c: &mut Criterion) {
 /// The lock round trips of a write transaction without its write.
 fn txn_overhead(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut ours = Ours::new(dir.path(), SyncMode::Off, 1);
-    ours.run(10);
     let mut group = c.benchmark_group("commit/txn_overhead");
-    group.bench_function("begin_write_rollback", |b| {
-        b.iter(|| {
-            let txn = ours.wal.begin_write(&ours.cx).expect("begin_write");
-            txn.rollback(&ours.cx).expect("rollback");
+    for (label, mode) in [
+        ("begin_write_rollback", LockingMode::Normal),
+        ("begin_write_rollback_exclusive", LockingMode::Exclusive),
+    ] {
+        let mut ours = Ours::new(dir.path(), SyncMode::Off, 1, mode);
+        ours.run(10);
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                let txn = ours.wal.begin_write(&ours.cx).expect("begin_write");
+                txn.rollback(&ours.cx).expect("rollback");
+            });
         });
-    });
+    }
     group.finish();
 }
 

@@ -68,6 +68,7 @@ use crate::checkpoint_executor::{
 };
 use crate::db_header::{DB_HEADER_SIZE, DbHeader};
 use crate::frame_map::FrameMap;
+use crate::locking_mode::{LockedDb, LockingMode};
 use crate::locks;
 use crate::recovery::{lock_for_recovery, rebuild_wal_index, unlock_after_recovery};
 use crate::recovery_fence::{
@@ -122,7 +123,7 @@ pub struct Wal<V: Vfs> {
     db_path: PathBuf,
     wal_path: PathBuf,
     shm_path: PathBuf,
-    db: V::File,
+    db: LockedDb<V::File>,
     wal: WalFile<V::File>,
     index: WalIndex,
     /// The cached WAL-index header: the snapshot of the last read.
@@ -144,6 +145,8 @@ pub struct Wal<V: Vfs> {
     skip_barrier_for_tests: bool,
     /// Page → newest frame of the current WAL generation, up to the last snapshot.
     frame_map: FrameMap,
+    /// The context of lock releases run from `Drop` (made once, not per transaction).
+    drop_cx: Cx,
 }
 
 impl<V: Vfs> std::fmt::Debug for Wal<V> {
@@ -284,7 +287,7 @@ impl<V: Vfs> Wal<V> {
             db_path,
             wal_path,
             shm_path,
-            db,
+            db: LockedDb::new(db),
             wal,
             index: WalIndex::new(),
             hdr: WalIndexHdr::default(),
@@ -299,6 +302,7 @@ impl<V: Vfs> Wal<V> {
             recoveries: 0,
             skip_barrier_for_tests: false,
             frame_map: FrameMap::new(),
+            drop_cx: Cx::new(),
         };
         // Bring the WAL-index up (recovering it if needed) exactly as the first read
         // would: while another connection is recovering it, wait (BusyRecovery after
@@ -353,6 +357,70 @@ impl<V: Vfs> Wal<V> {
         self.skip_barrier_for_tests = skip;
     }
 
+    /// The connection's locking mode (see [`Wal::set_locking_mode`]).
+    pub fn locking_mode(&self) -> LockingMode {
+        self.db.mode()
+    }
+
+    /// Switches SQLite's locking mode (`PRAGMA locking_mode`, see
+    /// [`crate::locking_mode`]).
+    ///
+    /// [`LockingMode::Exclusive`] takes the database file's EXCLUSIVE lock, waiting up to
+    /// `busy_timeout` (then `Busy`): it is granted only while no other connection, in any
+    /// process, has the database open, and keeps them all out until the mode ends. In
+    /// return, transactions and checkpoints skip every `-shm` lock call (a one-page commit
+    /// is then its `pwrite` and some bookkeeping). [`LockingMode::Normal`] returns to the
+    /// SHARED lock, and other connections can open the database again.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use fsqlite_types::Cx;
+    /// use fsqlite_vfs::MemoryVfs;
+    /// use fsqlite_wal::{LockingMode, Wal, WalOptions};
+    ///
+    /// let cx = Cx::new();
+    /// let vfs = Arc::new(MemoryVfs::new());
+    /// let mut wal = Wal::open(&cx, Arc::clone(&vfs), "/own.db", WalOptions::default()).unwrap();
+    /// wal.set_locking_mode(&cx, LockingMode::Exclusive).unwrap();
+    /// // Nobody else can open the database now.
+    /// let opts = WalOptions { busy_timeout: std::time::Duration::ZERO, ..WalOptions::default() };
+    /// assert!(Wal::open(&cx, Arc::clone(&vfs), "/own.db", opts.clone()).is_err());
+    /// wal.set_locking_mode(&cx, LockingMode::Normal).unwrap();
+    /// assert!(Wal::open(&cx, vfs, "/own.db", opts).is_ok());
+    /// ```
+    pub fn set_locking_mode(&mut self, cx: &Cx, mode: LockingMode) -> Result<()> {
+        if mode == self.db.mode() {
+            return Ok(());
+        }
+        match mode {
+            LockingMode::Exclusive => {
+                let db = &mut self.db;
+                let got = locks::wait_until(cx, self.options.busy_timeout, || {
+                    match db.lock(cx, LockLevel::Exclusive) {
+                        Ok(()) => Ok(true),
+                        Err(FrankenError::Busy) => {
+                            // Do not keep PENDING: it would block other connections' reads.
+                            db.unlock(cx, LockLevel::Shared)?;
+                            Ok(false)
+                        }
+                        Err(e) => Err(e),
+                    }
+                })?;
+                if !got {
+                    tracing::debug!(target: "fsqlite.wal", db = %self.db_path.display(), "exclusive locking mode refused: another connection has the database open");
+                    return Err(FrankenError::Busy);
+                }
+                self.db.set_mode(LockingMode::Exclusive);
+            }
+            LockingMode::Normal => {
+                self.db.set_mode(LockingMode::Normal);
+                self.db.unlock(cx, LockLevel::Shared)?;
+            }
+        }
+        tracing::debug!(target: "fsqlite.wal", db = %self.db_path.display(), ?mode, "locking mode changed");
+        Ok(())
+    }
+
     /// Starts a read transaction on the newest committed snapshot.
     pub fn begin_read(&mut self, cx: &Cx) -> Result<ReadTxn<'_, V>> {
         self.begin_read_inner(cx)?;
@@ -373,13 +441,17 @@ impl<V: Vfs> Wal<V> {
     /// `busy_timeout` for another writer (then `Busy`).
     pub fn begin_write(&mut self, cx: &Cx) -> Result<WriteTxn<'_, V>> {
         self.check_writable()?;
-        let start = Instant::now();
+        // Taken at the first retry: the uncontended path reads no clock.
+        let mut start: Option<Instant> = None;
         let mut backoff = Duration::from_micros(20);
         loop {
             self.begin_read_inner(cx)?;
             if locks::try_exclusive(&mut self.db, cx, WAL_WRITE_LOCK, 1)? {
                 self.write_locked = true;
-                if self.live_header_copy_a(cx)? == self.hdr {
+                // In exclusive locking mode nobody else can have committed.
+                if self.db.mode() == LockingMode::Exclusive
+                    || self.live_header_copy_a(cx)? == self.hdr
+                {
                     break;
                 }
                 // A commit landed between our read and the lock: start over on it.
@@ -387,12 +459,11 @@ impl<V: Vfs> Wal<V> {
             }
             self.end_read(cx);
             cx.checkpoint()?;
-            if start.elapsed() >= self.options.busy_timeout {
+            let waited = start.get_or_insert_with(Instant::now).elapsed();
+            if waited >= self.options.busy_timeout {
                 return Err(FrankenError::Busy);
             }
-            std::thread::sleep(
-                backoff.min(self.options.busy_timeout.saturating_sub(start.elapsed())),
-            );
+            std::thread::sleep(backoff.min(self.options.busy_timeout.saturating_sub(waited)));
             backoff = (backoff * 2).min(Duration::from_millis(5));
         }
         let snap = match self.capture_snapshot(cx) {
@@ -644,7 +715,8 @@ impl<V: Vfs> Wal<V> {
     /// SQLite's `walTryBeginRead` loop (FORMAT.md §6).
     fn begin_read_inner(&mut self, cx: &Cx) -> Result<()> {
         debug_assert!(self.read_lock.is_none());
-        let start = Instant::now();
+        // Taken at the first busy answer: the uncontended path reads no clock.
+        let mut start: Option<Instant> = None;
         for cnt in 0..=MAX_READ_ATTEMPTS {
             if cnt == MAX_READ_ATTEMPTS {
                 return Err(FrankenError::Protocol);
@@ -665,7 +737,8 @@ impl<V: Vfs> Wal<V> {
                         locks::unlock_shared(&mut self.db, cx, WAL_RECOVER_LOCK)?;
                         continue;
                     }
-                    if start.elapsed() < self.options.busy_timeout {
+                    if start.get_or_insert_with(Instant::now).elapsed() < self.options.busy_timeout
+                    {
                         continue;
                     }
                     return Err(FrankenError::BusyRecovery);
@@ -674,10 +747,15 @@ impl<V: Vfs> Wal<V> {
             }
             let r0 = self.region0(cx, false)?;
             let mx = self.hdr.mx_frame;
+            // The re-checks after a lock guard against other connections; in exclusive
+            // locking mode there are none.
+            let recheck = self.db.mode() == LockingMode::Normal;
             // When READ_LOCK(0) is busy (a checkpointer holds it), use a read mark.
             if r0.n_backfill() == mx && locks::try_shared(&mut self.db, cx, wal_read_lock(0))? {
-                r0.barrier();
-                if load_header_copies(&r0)[0] == self.hdr {
+                if recheck {
+                    r0.barrier();
+                }
+                if !recheck || load_header_copies(&r0)[0] == self.hdr {
                     self.read_lock = Some(0);
                     self.min_frame = mx + 1;
                     return Ok(());
@@ -709,8 +787,12 @@ impl<V: Vfs> Wal<V> {
                 continue;
             }
             self.min_frame = r0.n_backfill() + 1;
-            r0.barrier();
-            if r0.read_mark(slot as usize) != mark || load_header_copies(&r0)[0] != self.hdr {
+            if recheck {
+                r0.barrier();
+            }
+            if recheck
+                && (r0.read_mark(slot as usize) != mark || load_header_copies(&r0)[0] != self.hdr)
+            {
                 locks::unlock_shared(&mut self.db, cx, wal_read_lock(slot))?;
                 continue;
             }
@@ -1173,7 +1255,8 @@ impl<V: Vfs> ReadTxn<'_, V> {
 
 impl<V: Vfs> Drop for ReadTxn<'_, V> {
     fn drop(&mut self) {
-        self.wal.end_read(&Cx::new());
+        let cx = self.wal.drop_cx.clone();
+        self.wal.end_read(&cx);
     }
 }
 
@@ -1273,6 +1356,9 @@ impl<V: Vfs> WriteTxn<'_, V> {
 
 impl<V: Vfs> Drop for WriteTxn<'_, V> {
     fn drop(&mut self) {
-        self.finish(&Cx::new());
+        if !self.done {
+            let cx = self.wal.drop_cx.clone();
+            self.finish(&cx);
+        }
     }
 }

@@ -16,6 +16,7 @@
 //! | [`recovery_fence`] | one recovery at a time, fsync-before-truncate, the PID registry, post-checkpoint verification |
 //! | [`checkpoint`], [`checkpoint_executor`] | checkpoint decisions (pure) and the copy + barrier (I/O) |
 //! | [`connection`] | [`Wal`], [`ReadTxn`], [`WriteTxn`]: SQLite's locking and read-mark protocol |
+//! | [`locking_mode`] | SQLite's normal and exclusive locking modes ([`LockingMode`]) |
 //!
 //! ```
 //! use std::sync::Arc;
@@ -47,6 +48,7 @@ pub mod connection;
 pub mod db_header;
 pub mod format;
 pub mod frame_map;
+pub mod locking_mode;
 pub mod locks;
 pub mod recovery;
 pub mod recovery_fence;
@@ -55,4 +57,5 @@ pub mod wal_index;
 
 pub use checkpoint::{CheckpointMode, CheckpointOutcome};
 pub use connection::{ReadTxn, Wal, WalOptions, WriteTxn};
+pub use locking_mode::LockingMode;
 pub use wal::{ScanReport, StopReason, SyncMode, WalFile, WalState};

@@ -212,3 +212,61 @@ fn not_a_database_and_not_wal_mode_are_clear_errors() {
     assert!(e.to_string().contains("not in WAL mode"), "{e}");
     assert!(e.suggestion().is_some());
 }
+
+/// Exclusive locking mode: refused while another connection is open; then commits,
+/// auto-checkpoints and a WAL restart run without `-shm` locks; a crash keeps every
+/// synced commit; back in normal mode a second connection reads everything.
+#[test]
+fn exclusive_locking_mode_end_to_end() {
+    use fsqlite_wal::LockingMode;
+    let cx = Cx::new();
+    let vfs = Arc::new(MemoryVfs::new());
+    let o = WalOptions {
+        auto_checkpoint: Some(40),
+        ..opts()
+    };
+    let mut w = Wal::open(&cx, Arc::clone(&vfs), "/x", o.clone()).unwrap();
+    let other = Wal::open(&cx, Arc::clone(&vfs), "/x", o.clone()).unwrap();
+    assert!(matches!(
+        w.set_locking_mode(&cx, LockingMode::Exclusive),
+        Err(FrankenError::Busy)
+    ));
+    // The refusal released its PENDING attempt: the other connection still reads/writes.
+    drop(other);
+    w.set_locking_mode(&cx, LockingMode::Exclusive).unwrap();
+    assert!(matches!(
+        Wal::open(&cx, Arc::clone(&vfs), "/x", o.clone()),
+        Err(FrankenError::Busy)
+    ));
+    for round in 0..150u32 {
+        let mut t = w.begin_write(&cx).unwrap();
+        t.write_page(&cx, page(1), &page1(round as u8)).unwrap();
+        t.write_page(&cx, page(2 + round % 7), &vec![round as u8; PS])
+            .unwrap();
+        t.commit(&cx, 9).unwrap();
+        if round == 100 {
+            let c = w.checkpoint(&cx, CheckpointMode::Truncate).unwrap();
+            assert!(!c.busy);
+        }
+    }
+    for p in 2..=8u32 {
+        let newest = (0..150u32).rev().find(|r| 2 + r % 7 == p).unwrap();
+        assert_eq!(read(&mut w, p)[9], newest as u8, "page {p}");
+    }
+    vfs.crash(fsqlite_vfs::CrashMode::DropAll);
+    drop(w);
+    let mut w = Wal::open(&cx, Arc::clone(&vfs), "/x", o.clone()).unwrap();
+    assert_eq!(w.locking_mode(), LockingMode::Normal);
+    assert_eq!(read(&mut w, 1)[100], 149);
+    w.set_locking_mode(&cx, LockingMode::Exclusive).unwrap();
+    let mut t = w.begin_write(&cx).unwrap();
+    t.write_page(&cx, page(3), &vec![0xEE; PS]).unwrap();
+    t.commit(&cx, 9).unwrap();
+    w.set_locking_mode(&cx, LockingMode::Normal).unwrap();
+    let mut r = Wal::open(&cx, Arc::clone(&vfs), "/x", o).unwrap();
+    assert_eq!(read(&mut r, 3)[0], 0xEE);
+    for p in [2u32, 4, 5, 6, 7, 8] {
+        let newest = (0..150u32).rev().find(|x| 2 + x % 7 == p).unwrap();
+        assert_eq!(read(&mut r, p)[9], newest as u8, "page {p}");
+    }
+}

@@ -11,6 +11,11 @@
 //!   `-wal`). An independent WAL reader (`testkit::sqlite::wal_scan`) finds exactly our
 //!   frames, a commit marker of B's size, and B's page images. Finally SQLite checkpoints
 //!   our WAL and the database file is byte-identical to B's.
+//! - Exclusive locking mode: while a SQLite connection has the database open our switch
+//!   is refused (`Busy`); once it closed, the switch succeeds and SQLite cannot read
+//!   (SQLITE_BUSY); B is committed without a single `-shm` lock call, and after the switch
+//!   back to normal SQLite reads B through our `-shm`, and after our close it recovers and
+//!   checkpoints our WAL to B's exact bytes.
 //! - `checkpoint_on_close: true`: our close checkpoints through the recovery barrier and
 //!   deletes `-wal` and `-shm`; the database file is byte-identical to B's and SQLite
 //!   reads B.
@@ -25,7 +30,7 @@ use fsqlite_testkit::sqlite::{
 };
 use fsqlite_types::{Cx, PageNumber};
 use fsqlite_vfs::UnixVfs;
-use fsqlite_wal::{Wal, WalOptions};
+use fsqlite_wal::{LockingMode, Wal, WalOptions};
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -70,7 +75,12 @@ fn fixture(page_size: u32, seed: u64) -> Fixture {
 
 /// Opens `db` with our `Wal` and commits B over A in one transaction; returns the
 /// connection (still open) and the pages written.
-fn commit_b(f: &Fixture, db: &Path, checkpoint_on_close: bool) -> (Wal<UnixVfs>, Vec<u32>) {
+fn commit_b(
+    f: &Fixture,
+    db: &Path,
+    checkpoint_on_close: bool,
+    mode: LockingMode,
+) -> (Wal<UnixVfs>, Vec<u32>) {
     let cx = Cx::new();
     let opts = WalOptions {
         checkpoint_on_close,
@@ -80,6 +90,7 @@ fn commit_b(f: &Fixture, db: &Path, checkpoint_on_close: bool) -> (Wal<UnixVfs>,
     };
     let mut w = Wal::open(&cx, Arc::new(UnixVfs::new()), db, opts).unwrap();
     assert_eq!(w.page_size() as usize, f.page_size);
+    w.set_locking_mode(&cx, mode).unwrap();
     let b_pages: Vec<&[u8]> = f.b_bytes.chunks(f.page_size).collect();
     let mut written = Vec::new();
     {
@@ -111,7 +122,7 @@ fn assert_sqlite_reads_b(f: &Fixture, db: &Path, when: &str) {
 fn without_checkpoint(page_size: u32, seed: u64) {
     let f = fixture(page_size, seed);
     let db = &f.a_copies[0];
-    let (w, written) = commit_b(&f, db, false);
+    let (w, written) = commit_b(&f, db, false, LockingMode::Normal);
 
     // SQLite reads through our live -shm: it must accept our header as it is (a
     // recovery by SQLite would rewrite it, with iChange reset to 0).
@@ -163,7 +174,7 @@ fn without_checkpoint(page_size: u32, seed: u64) {
 fn with_checkpoint_on_close(page_size: u32, seed: u64) {
     let f = fixture(page_size, seed);
     let db = &f.a_copies[1];
-    let (w, _) = commit_b(&f, db, true);
+    let (w, _) = commit_b(&f, db, true, LockingMode::Normal);
     w.close(&Cx::new()).unwrap();
     assert!(!wal_path(db).exists(), "the last close deletes -wal");
     assert!(!shm_path(db).exists(), "the last close deletes -shm");
@@ -192,4 +203,68 @@ fn sqlite_reads_our_checkpoint_on_close_4096() {
 #[test]
 fn sqlite_reads_our_checkpoint_on_close_512() {
     with_checkpoint_on_close(512, 0xB3B);
+}
+
+#[test]
+#[allow(clippy::many_single_char_names)]
+fn exclusive_locking_mode_keeps_sqlite_out_then_hands_it_our_commit() {
+    let f = fixture(4096, 0xB4B);
+    let db = &f.a_copies[1];
+    let cx = Cx::new();
+    let opts = WalOptions {
+        checkpoint_on_close: false,
+        auto_checkpoint: None,
+        busy_timeout: Duration::from_millis(100),
+        ..WalOptions::default()
+    };
+    let mut w = Wal::open(&cx, Arc::new(UnixVfs::new()), db, opts).unwrap();
+    // A SQLite connection that has read holds the database's SHARED lock (WAL mode keeps
+    // it): exclusive mode is refused.
+    let sqlite = rusqlite::Connection::open(db).unwrap();
+    let n: i64 = sqlite
+        .query_row(&format!("SELECT count(*) FROM {TABLE}"), [], |r| r.get(0))
+        .unwrap();
+    assert!(n > 0);
+    assert!(matches!(
+        w.set_locking_mode(&cx, LockingMode::Exclusive),
+        Err(fsqlite_error::FrankenError::Busy)
+    ));
+    assert_eq!(w.locking_mode(), LockingMode::Normal);
+    drop(sqlite);
+    w.set_locking_mode(&cx, LockingMode::Exclusive).unwrap();
+    assert_eq!(w.locking_mode(), LockingMode::Exclusive);
+    let blocked = rusqlite::Connection::open(db).unwrap();
+    blocked.busy_timeout(Duration::ZERO).unwrap();
+    let e = blocked
+        .query_row(&format!("SELECT count(*) FROM {TABLE}"), [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("locked"), "{e}");
+    drop(blocked);
+    drop(w);
+
+    let (mut w, written) = commit_b(&f, db, false, LockingMode::Exclusive);
+    assert!(!written.is_empty());
+    {
+        // Our own reads in exclusive mode see the commit.
+        let r = w.begin_read(&cx).unwrap();
+        let mut buf = vec![0u8; f.page_size];
+        for &p in &written {
+            r.read_page(&cx, PageNumber::new(p).unwrap(), &mut buf)
+                .unwrap();
+            let off = (p as usize - 1) * f.page_size;
+            assert!(buf == f.b_bytes[off..off + f.page_size], "page {p}");
+        }
+    }
+    w.set_locking_mode(&cx, LockingMode::Normal).unwrap();
+    assert_sqlite_reads_b(&f, db, "after exclusive mode ended (our -shm)");
+    w.close(&cx).unwrap();
+    assert_sqlite_reads_b(&f, db, "after our close (SQLite recovers our WAL)");
+    let (busy, _, _) = sqlite_checkpoint_copy(db, "TRUNCATE").unwrap();
+    assert_eq!(busy, 0);
+    assert!(
+        read_file(db).unwrap() == f.b_bytes,
+        "after SQLite checkpoints the WAL written in exclusive mode, the database is not B"
+    );
 }

@@ -118,10 +118,12 @@ pub trait HeaderMemory {
 /// under `--cfg loom` because [`ShmRegion`] is built on `std` atomics (and on memory that
 /// other processes share, which loom cannot see anyway).
 impl HeaderMemory for ShmRegion {
+    #[inline]
     fn load_word(&self, word: usize) -> u32 {
         self.load_u32(4 * word, std::sync::atomic::Ordering::Relaxed)
     }
 
+    #[inline]
     fn store_word(&self, word: usize, v: u32) {
         self.store_u32(4 * word, v, std::sync::atomic::Ordering::Relaxed);
     }
