@@ -2,7 +2,9 @@
 //! release ≤ 2× a bare CAS + store"; "fence storm, 8 threads × 4 rounds, 10 µs held: max
 //! ≤ 2 ms over 1,000 repetitions").
 //!
-//! - `fence/uncontended_acquire_release` vs `fence/bare_cas_store` (criterion).
+//! - `fence/uncontended_acquire_release` vs `fence/bare_cas_store` (criterion; both sides
+//!   are `#[inline(never)]` functions, so each pays one call), and first their ratio as
+//!   the median of 41 alternating rounds (printed).
 //! - The storm (a custom measurement, printed): 8 threads, each repetition starts them
 //!   together (a barrier); each thread takes the fence 4 times with
 //!   `acquire_for_recovery`, holds it for ~10 µs (busy), and records how long each acquire
@@ -19,28 +21,63 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use fsqlite_wal::recovery_fence::RecoveryFence;
 
+#[inline(never)]
+fn fence_once(fence: &RecoveryFence) {
+    if let Some(mut guard) = black_box(fence).try_acquire_for_recovery() {
+        guard.complete();
+        black_box(&guard);
+    }
+}
+
+#[inline(never)]
+fn cas_store_once(flag: &AtomicBool) {
+    let f = black_box(flag);
+    let ok = f
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_ok();
+    black_box(ok);
+    f.store(false, Ordering::Release);
+}
+
+/// Median (p10, p90) of fence / CAS pair over 41 alternating rounds of `n` each, so load
+/// from other processes hits both sides alike.
+fn interleaved_ratio(fence: &RecoveryFence, flag: &AtomicBool, n: u32) -> (f64, f64, f64) {
+    let time = |f: &dyn Fn()| {
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let mut ratios: Vec<f64> = (0..41)
+        .map(|round| {
+            let (a, b) = if round % 2 == 0 {
+                let a = time(&|| fence_once(fence));
+                (a, time(&|| cas_store_once(flag)))
+            } else {
+                let b = time(&|| cas_store_once(flag));
+                (time(&|| fence_once(fence)), b)
+            };
+            a / b
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    (ratios[20], ratios[4], ratios[36])
+}
+
 fn uncontended(c: &mut Criterion) {
     let mut g = c.benchmark_group("fence");
     let fence = RecoveryFence::new();
-    g.bench_function("uncontended_acquire_release", |b| {
-        b.iter(|| {
-            if let Some(mut guard) = black_box(&fence).try_acquire_for_recovery() {
-                guard.complete();
-                black_box(&guard);
-            }
-        });
-    });
     let flag = AtomicBool::new(false);
-    g.bench_function("bare_cas_store", |b| {
-        b.iter(|| {
-            let f = black_box(&flag);
-            let ok = f
-                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok();
-            black_box(ok);
-            f.store(false, Ordering::Release);
-        });
+    let (med, p10, p90) = interleaved_ratio(&fence, &flag, 200_000);
+    println!(
+        "ratio fence uncontended acquire+complete+release / bare CAS + store: median {med:.2}x \
+         (p10 {p10:.2}x, p90 {p90:.2}x) over 41 alternating rounds of 200k"
+    );
+    g.bench_function("uncontended_acquire_release", |b| {
+        b.iter(|| fence_once(&fence));
     });
+    g.bench_function("bare_cas_store", |b| b.iter(|| cas_store_once(&flag)));
     g.finish();
 }
 

@@ -82,6 +82,8 @@ use crate::wal_index::{
 
 /// Read attempts before `Protocol` (SQLite's limit in `walTryBeginRead`).
 const MAX_READ_ATTEMPTS: u32 = 100;
+/// Bytes of page buffers a connection keeps for reuse between write transactions.
+const SPARE_PAGE_BYTES: usize = 1 << 20;
 /// Largest coalesced checkpoint write.
 const CHECKPOINT_RUN_BYTES: u32 = 1 << 20;
 
@@ -147,6 +149,9 @@ pub struct Wal<V: Vfs> {
     frame_map: FrameMap,
     /// The context of lock releases run from `Drop` (made once, not per transaction).
     drop_cx: Cx,
+    /// Page buffers of finished write transactions, reused by the next ones (no
+    /// allocation per written page in steady state).
+    spare_pages: Vec<Vec<u8>>,
 }
 
 impl<V: Vfs> std::fmt::Debug for Wal<V> {
@@ -303,6 +308,7 @@ impl<V: Vfs> Wal<V> {
             skip_barrier_for_tests: false,
             frame_map: FrameMap::new(),
             drop_cx: Cx::new(),
+            spare_pages: Vec::new(),
         };
         // Bring the WAL-index up (recovering it if needed) exactly as the first read
         // would: while another connection is recovering it, wait (BusyRecovery after
@@ -533,6 +539,19 @@ impl<V: Vfs> Wal<V> {
     }
 
     // ----- internals -------------------------------------------------------------------
+
+    /// Keeps the page buffers of a finished write transaction for the next one, up to
+    /// [`SPARE_PAGE_BYTES`].
+    fn recycle_pages(&mut self, dirty: BTreeMap<PageNumber, Vec<u8>>) {
+        let ps = self.page_size.bytes();
+        let keep = (SPARE_PAGE_BYTES / ps.max(1)).saturating_sub(self.spare_pages.len());
+        self.spare_pages.extend(
+            dirty
+                .into_values()
+                .filter(|b| b.capacity() == ps)
+                .take(keep),
+        );
+    }
 
     fn check_writable(&self) -> Result<()> {
         if let Some(first) = &self.latched {
@@ -1309,7 +1328,17 @@ impl<V: Vfs> WriteTxn<'_, V> {
                 data.len(),
             ));
         }
-        self.dirty.insert(page, data.to_vec());
+        match self.dirty.entry(page) {
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                e.get_mut().copy_from_slice(data);
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let mut buf = self.wal.spare_pages.pop().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(data);
+                e.insert(buf);
+            }
+        }
         Ok(())
     }
 
@@ -1320,6 +1349,7 @@ impl<V: Vfs> WriteTxn<'_, V> {
     pub fn commit(mut self, cx: &Cx, db_size: u32) -> Result<u32> {
         let dirty = std::mem::take(&mut self.dirty);
         let r = self.wal.commit_inner(cx, &dirty, db_size);
+        self.wal.recycle_pages(dirty);
         self.done = true;
         self.wal.unlock_write(cx);
         self.wal.end_read(cx);
@@ -1347,7 +1377,8 @@ impl<V: Vfs> WriteTxn<'_, V> {
     fn finish(&mut self, cx: &Cx) {
         if !self.done {
             self.done = true;
-            self.dirty.clear();
+            let dirty = std::mem::take(&mut self.dirty);
+            self.wal.recycle_pages(dirty);
             self.wal.unlock_write(cx);
             self.wal.end_read(cx);
         }

@@ -435,6 +435,32 @@ impl RecoveryFenceGuard<'_> {
 impl Drop for RecoveryFenceGuard<'_> {
     #[inline]
     fn drop(&mut self) {
+        // The common case, kept small: a completed recovery after a completed one, no
+        // waiters — one `lock xadd` (clear HELD, generation + 1).
+        if self.completed && self.prev_word & LAST_INCOMPLETE == 0 && !std::thread::panicking() {
+            let prev = self
+                .fence
+                .word
+                .fetch_add(GENERATION_ONE.wrapping_sub(HELD), Ordering::AcqRel);
+            debug_assert!(
+                prev & HELD != 0,
+                "FENCE-1: released a fence that was not held"
+            );
+            if prev & WAITER_MASK != 0 {
+                self.fence.release_slow(prev, true, false);
+            }
+            return;
+        }
+        self.release_general();
+    }
+}
+
+impl RecoveryFenceGuard<'_> {
+    /// The release of [`Drop`] for every other case (a failed or panicked recovery, or
+    /// one after a failed recovery).
+    #[cold]
+    #[inline(never)]
+    fn release_general(&mut self) {
         let panicking = std::thread::panicking();
         let completed = self.completed && !panicking;
         if panicking {
