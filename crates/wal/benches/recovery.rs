@@ -10,7 +10,8 @@
 //!
 //! | bench | what it does |
 //! |---|---|
-//! | `scan/walfile` | `WalFile::scan`: 1 MiB `pread`s, checksum chain (the library) |
+//! | `scan/walfile` | `WalFile::scan` (the library): on a WAL this large, two threads claim 256 KiB chunks in turn, each frame's checksum seeded with the previous frame's stored one, chunk starts chained by the merge (`crate::scan_parallel`) |
+//! | `scan/proto_sequential` | the library's previous loop: one thread, 1 MiB `pread`s, checksum chained frame by frame (the sequential reference) |
 //! | `scan/proto_2threads` | two threads `pread` a half each and compute every frame's checksum from seed 0 (the closed form is linear in the seed); one cheap pass then chains `c_i = A·c_{i−1} + g_i` and checks each stored checksum |
 //! | `scan/proto_mmap` | the WAL mapped read-only, checksum chain straight from the mapping (no copy to a buffer) |
 //! | `scan/proto_mmap_2threads` | both |
@@ -240,6 +241,39 @@ impl Drop for Mapping {
     }
 }
 
+/// One thread, 1 MiB `pread`s, the checksum chained frame by frame.
+fn scan_sequential(file: &File, h: &Hdr) -> ScanResult {
+    let fsz = h.page_size + 24;
+    let per = (1 << 20) / fsz;
+    let mut buf = vec![0u8; per * fsz];
+    let mut c = h.checksum;
+    let (mut mx, mut last) = (0, 0);
+    let mut f = 0;
+    'chunks: while f < h.frames {
+        let n = per.min(h.frames - f);
+        let chunk = &mut buf[..n * fsz];
+        file.read_exact_at(chunk, 32 + (f * fsz) as u64)
+            .expect("pread");
+        for fr in chunk.chunks_exact(fsz) {
+            let (head, page) = fr.split_at(24);
+            if head[8..16] != h.salt || be32(head) == 0 {
+                break 'chunks;
+            }
+            let next = wal_checksum(page, h.be, wal_checksum(&head[..8], h.be, c));
+            if next != [be32(&head[16..]), be32(&head[20..])] {
+                break 'chunks;
+            }
+            c = next;
+            f += 1;
+            last = f as u32;
+            if be32(&head[4..]) != 0 {
+                mx = last;
+            }
+        }
+    }
+    (mx, last)
+}
+
 fn scan_mmap(file: &File, h: &Hdr, populate: bool) -> ScanResult {
     let map = Mapping::new(file, populate);
     let fsz = h.page_size + 24;
@@ -301,6 +335,7 @@ fn scans(c: &mut Criterion) {
         .expect("open the WAL through UnixVfs");
     let reference = WalFile::scan(&cx, &vfile, |_, _, _| Ok(())).expect("scan");
     let want = (reference.mx_frame, reference.last_valid_frame);
+    assert_eq!(scan_sequential(&file, &h), want);
     assert_eq!(scan_2threads(&file, &h), want);
     assert_eq!(scan_mmap(&file, &h, false), want);
     assert_eq!(scan_mmap(&file, &h, true), want);
@@ -311,6 +346,9 @@ fn scans(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("walfile", |b| {
         b.iter(|| black_box(WalFile::scan(&cx, &vfile, |_, _, _| Ok(())).expect("scan")));
+    });
+    group.bench_function("proto_sequential", |b| {
+        b.iter(|| black_box(scan_sequential(&file, &h)));
     });
     group.bench_function("proto_2threads", |b| {
         b.iter(|| black_box(scan_2threads(&file, &h)));

@@ -1,6 +1,8 @@
 //! Scanning the valid prefix of a synthetic 64 MiB WAL (4 KiB pages, commits of 16 frames)
-//! in a temporary file through `UnixVfs`: 1 MiB reads plus the closed-form checksum. The
-//! file is in the page cache, so this measures the CPU side of recovery.
+//! in a temporary file through `UnixVfs` with `WalFile::scan`: on a WAL this large (and two
+//! cores), two threads `pread` 256 KiB chunks in turn and checksum them (the closed form),
+//! the calling thread merging the chunks in order. The file is in the page cache, so this
+//! measures the CPU side of recovery.
 //!
 //! `cargo bench -p fsqlite-wal --bench scan -- --warm-up-time 1 --measurement-time 2`
 

@@ -52,6 +52,7 @@ pub mod locking_mode;
 pub mod locks;
 pub mod recovery;
 pub mod recovery_fence;
+mod scan_parallel;
 pub mod wal;
 pub mod wal_index;
 

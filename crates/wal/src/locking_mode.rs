@@ -14,7 +14,7 @@
 //!   return at once in this mode). Everything else is unchanged: the same `-wal` and
 //!   `-shm` bytes, the same recovery barrier, the same durability per `SyncMode`.
 //!
-//! [`LockedDb`] is the database file with that switch: every [`VfsFile`] call goes to the
+//! `LockedDb` is the database file with that switch: every [`VfsFile`] call goes to the
 //! inner file, except `shm_lock`, which succeeds without a system call while the mode is
 //! exclusive.
 

@@ -3,15 +3,28 @@
 //!
 //! ```text
 //! caller holds WRITE, CKPT and RECOVER (and the in-process RecoveryFence)
-//! scan the WAL's valid prefix in 1 MiB chunks; index every valid frame into a private
-//!   heap copy of the hash regions (uncommitted tail included, as SQLite does)
+//! scan the WAL's valid prefix (WalFile::scan: 1 MiB chunks, or two threads on a large
+//!   WAL); index every valid frame (uncommitted tail included, as SQLite does) into ONE
+//!   private region buffer (RegionBuilder: plain bytes, no atomics, walIndexAppend)
+//! when a frame starts the next region, and after the scan: copy the finished region into
+//!   the shared -shm with one write_bytes (region 0 without its 136-byte header)
 //! a short read inside the file is an I/O error, never "end of the valid prefix"
-//! copy each region into the shared -shm (region 0 without its 136-byte header)
 //! clear hash entries past mxFrame; publish the header (copy B, barrier, copy A)
 //! nBackfill = 0, nBackfillAttempted = mxFrame, aReadMark[0] = 0,
 //! aReadMark[1] = mxFrame (or NOT_USED), aReadMark[2..] = NOT_USED — each slot only
 //!   if its exclusive lock can be taken (a live reader keeps its mark)
 //! ```
+//!
+//! # The private region (`RegionBuilder`)
+//!
+//! One `WALINDEX_PGSZ` (32 KiB) byte buffer laid out exactly as a `-shm` region
+//! ([`crate::wal_index`]): native-order `u32` `aPgno` from [`region_apgno_offset`], native
+//! `u16` `aHash` at [`HASH_TABLE_OFFSET`]. Frames arrive in order `1, 2, …`, so each
+//! region is built from zero with no leftovers to clean; the heap used is one region
+//! whatever the WAL size. As in SQLite's `walIndexRecover`, regions reach the `-shm`
+//! while the scan goes on and the header is published only at the end: a scan that
+//! fails leaves some regions rewritten (from the same WAL prefix) and the header as it
+//! was, so the `-shm` still needs recovery.
 //!
 //! Used by the [`crate::Wal`] connection and by fsqlite-mvcc's coordinator takeover.
 
@@ -25,8 +38,9 @@ use fsqlite_vfs::{VfsFile, wal_read_lock};
 use crate::locks;
 use crate::wal::{ScanReport, StopReason, WalFile};
 use crate::wal_index::{
-    HeaderMemory, HeapRegions, READMARK_NOT_USED, WAL_READ_MARK_COUNT, WalIndex, WalIndexHdr,
-    copy_region_into,
+    HASH_TABLE_OFFSET, HASHTABLE_NSLOT, HeaderMemory, READMARK_NOT_USED, WAL_READ_MARK_COUNT,
+    WALINDEX_PGSZ, WalIndex, WalIndexHdr, frame_region, region_apgno_offset, region_i_zero,
+    wal_hash,
 };
 
 /// Takes `WAL_CKPT_LOCK` and `WAL_RECOVER_LOCK` exclusively (one range of two slots),
@@ -73,11 +87,16 @@ pub fn rebuild_wal_index<W: VfsFile, D: VfsFile>(
     db_is_empty: bool,
 ) -> Result<RebuiltIndex> {
     let start = Instant::now();
-    let mut heap = HeapRegions::new();
-    let mut private = WalIndex::new();
+    let mut region = RegionBuilder::new();
     let report = WalFile::<W>::scan_labeled(cx, wal_file, Some(wal_path), |frame, page, _| {
-        private.append(cx, &mut heap, frame, page)
+        let k = frame_region(frame);
+        if region.index != Some(k) {
+            region.flush(cx, db, index)?;
+            region.start(k);
+        }
+        region.append(frame, page.get())
     })?;
+    region.flush(cx, db, index)?;
     check_scan_read_everything(cx, wal_file, wal_path, &report)?;
     let mut page_size = db_page_size;
     let mut hdr = WalIndexHdr::default();
@@ -102,16 +121,6 @@ pub fn rebuild_wal_index<W: VfsFile, D: VfsFile>(
         hdr.a_frame_cksum = report.frame_checksum;
     }
     hdr.set_page_size(page_size);
-    for k in 0..heap.len() as u32 {
-        let Some(src) = heap.get(k).cloned() else {
-            continue;
-        };
-        let dst = index
-            .map_region(cx, db, k, true)?
-            .cloned()
-            .ok_or_else(|| FrankenError::internal("could not extend the -shm"))?;
-        copy_region_into(&src, &dst, k);
-    }
     // Stale entries past mxFrame would be cleaned by the next append; make sure the
     // region holding mxFrame carries none.
     index.rollback_to(cx, db, hdr.mx_frame)?;
@@ -140,6 +149,74 @@ pub fn rebuild_wal_index<W: VfsFile, D: VfsFile>(
         page_size,
         elapsed: start.elapsed(),
     })
+}
+
+/// One WAL-index region built privately (see the module doc).
+struct RegionBuilder {
+    /// The region being built, `None` before the first frame or after a flush.
+    index: Option<u32>,
+    /// Its bytes, laid out as in the `-shm`.
+    bytes: Vec<u8>,
+}
+
+impl RegionBuilder {
+    fn new() -> Self {
+        Self {
+            index: None,
+            bytes: vec![0; WALINDEX_PGSZ],
+        }
+    }
+
+    /// Starts region `k` from zero.
+    fn start(&mut self, k: u32) {
+        self.bytes.fill(0);
+        self.index = Some(k);
+    }
+
+    /// SQLite's `walIndexAppend` on a region built from zero in frame order: `aPgno[idx-1]
+    /// = pgno`, then the first empty slot from `hash(pgno)` gets `idx`.
+    fn append(&mut self, frame: u32, pgno: u32) -> Result<()> {
+        let Some(k) = self.index else {
+            return Err(FrankenError::internal("WAL-index append before a region"));
+        };
+        let idx = frame.wrapping_sub(region_i_zero(k));
+        let at = region_apgno_offset(k) + 4 * (idx as usize).wrapping_sub(1);
+        let Some(word) = self.bytes.get_mut(at..at + 4) else {
+            return Err(FrankenError::internal(format!(
+                "WAL-index append of frame {frame} outside region {k}"
+            )));
+        };
+        word.copy_from_slice(&pgno.to_ne_bytes());
+        let mut key = wal_hash(pgno);
+        // At most 4096 entries in 8192 slots: an empty one is always found.
+        for _ in 0..HASHTABLE_NSLOT {
+            let off = HASH_TABLE_OFFSET + 2 * key as usize;
+            let slot = &mut self.bytes[off..off + 2];
+            if slot == [0, 0] {
+                // idx <= 4096 fits in the u16 slot.
+                slot.copy_from_slice(&(idx as u16).to_ne_bytes());
+                return Ok(());
+            }
+            key = (key + 1) & (HASHTABLE_NSLOT - 1);
+        }
+        Err(FrankenError::internal(format!(
+            "WAL-index region {k} has no free hash slot for frame {frame}"
+        )))
+    }
+
+    /// Copies the region (region 0 without its header) into the shared `-shm`, mapping
+    /// (and extending) it through `index`; nothing when no region is being built.
+    fn flush<D: VfsFile>(&mut self, cx: &Cx, db: &mut D, index: &mut WalIndex) -> Result<()> {
+        let Some(k) = self.index.take() else {
+            return Ok(());
+        };
+        let dst = index
+            .map_region(cx, db, k, true)?
+            .ok_or_else(|| FrankenError::internal("could not extend the -shm"))?;
+        let start = region_apgno_offset(k);
+        dst.write_bytes(start, &self.bytes[start..]);
+        Ok(())
+    }
 }
 
 /// The scan counts a read that returns fewer bytes than asked as the end of the
@@ -189,4 +266,66 @@ fn check_scan_read_everything<W: VfsFile>(
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use fsqlite_testkit::sqlite::SqliteWalDb;
+    use fsqlite_vfs::UnixVfs;
+
+    use crate::wal_index::{WALINDEX_HDR_SIZE, frame_region};
+    use crate::{Wal, WalOptions};
+
+    /// SQLite writes a WAL large enough for the two-thread scan (> 8 MiB, 1 KiB pages,
+    /// several hash regions) and keeps its connection open; recovery of a copy without
+    /// the `-shm` must rebuild hash regions byte-identical to SQLite's live ones, and the
+    /// same header fields (isInit .. aSalt).
+    #[test]
+    fn recovered_shm_matches_sqlite_live_shm_on_a_large_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteWalDb::create(dir.path(), "big.db", 1024).unwrap();
+        let wal = db.wal_path();
+        let mut stmt = db
+            .conn()
+            .prepare("INSERT INTO t(v) VALUES (randomblob(?1))")
+            .unwrap();
+        while std::fs::metadata(&wal).map_or(0, |m| m.len())
+            < crate::scan_parallel::PARALLEL_MIN_BYTES + (1 << 20)
+        {
+            db.exec("BEGIN").unwrap();
+            for size in [3000i64, 9000, 100, 5000] {
+                stmt.execute([size]).unwrap();
+            }
+            db.exec("COMMIT").unwrap();
+        }
+        drop(stmt);
+        let (copy, _, copy_shm) = db.snapshot_files(&dir.path().join("copy")).unwrap();
+        let theirs = std::fs::read(&copy_shm).unwrap();
+        std::fs::remove_file(&copy_shm).unwrap();
+
+        let cx = fsqlite_types::Cx::new();
+        let options = WalOptions {
+            auto_checkpoint: None,
+            checkpoint_on_close: false,
+            ..WalOptions::default()
+        };
+        let ours_wal = Wal::open(&cx, Arc::new(UnixVfs::new()), &copy, options).unwrap();
+        assert_eq!(ours_wal.recoveries(), 1);
+        let mx = ours_wal.cached_header().mx_frame;
+        let ours = std::fs::read(&copy_shm).unwrap();
+        let regions = frame_region(mx) as usize + 1;
+        assert!(regions >= 3, "only {regions} regions");
+        let end = regions * crate::wal_index::WALINDEX_PGSZ;
+        assert!(ours.len() >= end && theirs.len() >= end);
+        // Header copy A: isInit, bigEndCksum, szPage, mxFrame, nPage, aFrameCksum, aSalt.
+        assert_eq!(ours[12..40], theirs[12..40], "header fields");
+        assert!(
+            ours[WALINDEX_HDR_SIZE..end] == theirs[WALINDEX_HDR_SIZE..end],
+            "hash regions differ from SQLite's"
+        );
+        ours_wal.close(&cx).unwrap();
+        drop(db);
+    }
 }

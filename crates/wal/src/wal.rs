@@ -32,10 +32,16 @@
 //!     if frame.db_size != 0: mx_frame = i; n_page = db_size; frame_checksum = c
 //! ```
 //!
-//! The file is read in chunks of [`SCAN_CHUNK_BYTES`] (whole frames, at least one) into
-//! one buffer allocated once and never larger than the file; `cx.checkpoint()` is called
-//! between chunks. A torn, truncated, zeroed or foreign file never panics: it just ends the
-//! valid prefix.
+//! Two frame loops implement this, with identical results (reports, `on_frame` calls in
+//! order, errors) on any file that does not change during the scan:
+//!
+//! | loop | when | how |
+//! |---|---|---|
+//! | sequential (the reference) | WAL < `PARALLEL_MIN_BYTES` (8 MiB), or one core | chunks of [`SCAN_CHUNK_BYTES`] (whole frames, at least one) into one buffer allocated once and never larger than the file; the checksum chained frame by frame |
+//! | two threads (`scan_parallel`, private) | otherwise | 256 KiB chunks claimed in turn by a scoped helper and the calling thread, each frame's checksum seeded with the previous frame's *stored* checksum, chunk starts chained by the in-order merge (`c = A·c + g`); heap ≤ ~1.5 MiB whatever the WAL size |
+//!
+//! `cx.checkpoint()` is called between chunks. A torn, truncated, zeroed or foreign file
+//! never panics: it just ends the valid prefix.
 //!
 //! # Appending
 //!
@@ -59,6 +65,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use fsqlite_error::{FrankenError, Result};
 use fsqlite_types::{Cx, PageNumber, PageSize, SyncFlags};
@@ -70,6 +77,7 @@ use crate::format::{
     FRAME_CHECKSUMMED_BYTES, FrameHeader, WalHeader, WalHeaderError, frame_checksum, frame_offset,
     frame_size, frames_in_file,
 };
+use crate::scan_parallel::{self, PARALLEL_MIN_BYTES, ParallelPlan};
 
 /// Bytes read per I/O call while scanning (rounded down to whole frames, at least one).
 pub const SCAN_CHUNK_BYTES: usize = 1 << 20;
@@ -958,11 +966,37 @@ impl<F: VfsFile> WalFile<F> {
     }
 }
 
-/// The scan itself (see the module doc).
+/// The scan itself (see the module doc), choosing the frame loop by [`ScanMode::Auto`].
 fn scan_inner<F: VfsFile>(
     cx: &Cx,
     file: &F,
     path: Option<&Path>,
+    on_frame: impl FnMut(u32, PageNumber, u32) -> Result<()>,
+) -> Result<ScanReport> {
+    scan_inner_with(cx, file, path, ScanMode::Auto, on_frame)
+}
+
+/// Which frame loop a scan runs. Both produce identical results (reports, `on_frame`
+/// calls, errors) on every file that does not change during the scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ScanMode {
+    /// [`ScanMode::Parallel`] with [`ParallelPlan::for_page_size`] when the file holds
+    /// at least [`PARALLEL_MIN_BYTES`] and the machine has two or more cores, else
+    /// [`ScanMode::Sequential`].
+    Auto,
+    /// One thread, [`SCAN_CHUNK_BYTES`] reads, the checksum chained frame by frame: the
+    /// reference.
+    Sequential,
+    /// Two threads (see [`crate::scan_parallel`]).
+    Parallel(ParallelPlan),
+}
+
+/// [`scan_inner`] with an explicit frame loop (tests compare the two).
+pub(crate) fn scan_inner_with<F: VfsFile>(
+    cx: &Cx,
+    file: &F,
+    path: Option<&Path>,
+    mode: ScanMode,
     mut on_frame: impl FnMut(u32, PageNumber, u32) -> Result<()>,
 ) -> Result<ScanReport> {
     let file_size = file.file_size(cx)?;
@@ -1001,13 +1035,13 @@ fn scan_inner<F: VfsFile>(
     let fsz = frame_size(page_size);
     // One below u32::MAX so frame numbers never overflow (a 2 TiB WAL at the least).
     let n_frames = frames_in_file(file_size, page_size).min(u32::MAX - 1);
-    let be = header.big_endian_checksum();
-    let frame_bytes = fsz as usize;
-    let per_read = (SCAN_CHUNK_BYTES / frame_bytes).max(1);
-    // Never more than the file holds.
-    let mut buf = vec![0u8; per_read.min(n_frames as usize) * frame_bytes];
-
-    let mut running = header.checksum;
+    let mode = match mode {
+        ScanMode::Auto if file_size >= PARALLEL_MIN_BYTES && available_cores() >= 2 => {
+            ScanMode::Parallel(ParallelPlan::for_page_size(page_size))
+        }
+        ScanMode::Auto => ScanMode::Sequential,
+        m => m,
+    };
     let mut report = ScanReport {
         header: Some(header),
         file_size,
@@ -1015,11 +1049,67 @@ fn scan_inner<F: VfsFile>(
         n_page: 0,
         frame_checksum: [0, 0],
         last_valid_frame: 0,
-        last_valid_checksum: running,
+        last_valid_checksum: header.checksum,
         commits: 0,
         stop: StopReason::EndOfFile,
         stop_offset: file_size,
     };
+    let (frame, stop) = match mode {
+        ScanMode::Parallel(plan) => scan_parallel::scan_frames(
+            cx,
+            file,
+            &header,
+            n_frames,
+            plan,
+            &mut report,
+            &mut on_frame,
+        )?,
+        _ => scan_frames_sequential(cx, file, &header, n_frames, &mut report, &mut on_frame)?,
+    };
+    if let Some(s) = stop {
+        report.stop = s;
+        report.stop_offset = frame_offset(frame, page_size);
+    } else {
+        let end = WAL_HEADER_SIZE as u64 + u64::from(n_frames) * fsz;
+        if file_size > end {
+            report.stop = StopReason::PartialFrame {
+                frame: n_frames + 1,
+                bytes: file_size - end,
+            };
+            report.stop_offset = end;
+        }
+    }
+    tracing::debug!(
+        target: "fsqlite.wal.recovery",
+        wal = %label(path),
+        mx_frame = report.mx_frame,
+        n_page = report.n_page,
+        last_valid_frame = report.last_valid_frame,
+        commits = report.commits,
+        stop = %report.stop,
+        "scanned WAL"
+    );
+    Ok(report)
+}
+
+/// The reference frame loop: frames `1..=n_frames` read [`SCAN_CHUNK_BYTES`] at a time
+/// into one buffer, the checksum chained frame by frame from `running`. Returns the
+/// frame it stopped at and why (`(n_frames + 1, None)` when every frame was valid).
+fn scan_frames_sequential<F: VfsFile>(
+    cx: &Cx,
+    file: &F,
+    header: &WalHeader,
+    n_frames: u32,
+    report: &mut ScanReport,
+    on_frame: &mut impl FnMut(u32, PageNumber, u32) -> Result<()>,
+) -> Result<(u32, Option<StopReason>)> {
+    let page_size = header.page_size;
+    let be = header.big_endian_checksum();
+    let frame_bytes = frame_size(page_size) as usize;
+    let per_read = (SCAN_CHUNK_BYTES / frame_bytes).max(1);
+    // Never more than the file holds.
+    let mut buf = vec![0u8; per_read.min(n_frames as usize) * frame_bytes];
+    let mut running = header.checksum;
     let mut frame: u32 = 1;
     let mut stop = None;
     'chunks: while frame <= n_frames {
@@ -1064,28 +1154,12 @@ fn scan_inner<F: VfsFile>(
             break;
         }
     }
-    if let Some(s) = stop {
-        report.stop = s;
-        report.stop_offset = frame_offset(frame, page_size);
-    } else {
-        let end = WAL_HEADER_SIZE as u64 + u64::from(n_frames) * fsz;
-        if file_size > end {
-            report.stop = StopReason::PartialFrame {
-                frame: n_frames + 1,
-                bytes: file_size - end,
-            };
-            report.stop_offset = end;
-        }
-    }
-    tracing::debug!(
-        target: "fsqlite.wal.recovery",
-        wal = %label(path),
-        mx_frame = report.mx_frame,
-        n_page = report.n_page,
-        last_valid_frame = report.last_valid_frame,
-        commits = report.commits,
-        stop = %report.stop,
-        "scanned WAL"
-    );
-    Ok(report)
+    Ok((frame, stop))
+}
+
+/// `std::thread::available_parallelism()`, asked once per process (it reads cgroup
+/// files on Linux); 1 when unknown.
+fn available_cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }

@@ -248,9 +248,11 @@ impl<'a> HashSegment<'a> {
 }
 
 /// Copies a privately built region into the shared one: all of it for region `index > 0`,
-/// and bytes `136..32768` for region 0 (its 136-byte header is published separately).
-/// Used by recovery, which builds the index in [`HeapRegions`](super::HeapRegions) and
-/// copies it into the `-shm` before publishing the header (FORMAT.md §8.2).
+/// and bytes `136..32768` for region 0 (its 136-byte header is published separately),
+/// as recovery does before publishing the header (FORMAT.md §8.2). Recovery itself now
+/// builds each region in a plain byte buffer and writes it with one
+/// [`ShmRegion::write_bytes`] (`crate::recovery`); this is the same copy between two
+/// mapped regions, e.g. from a [`HeapRegions`](super::HeapRegions) image.
 ///
 /// # Panics
 /// If either region is shorter than [`WALINDEX_PGSZ`].

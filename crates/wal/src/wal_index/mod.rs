@@ -135,9 +135,10 @@
 //! them invisible, and the slot's Release store (Acquire load) makes the `aPgno` entry it
 //! names visible. Only the WRITE-lock holder or recovery extends the index; readers map
 //! regions without extending, and a missing region below `mxFrame` is reported as
-//! `WalCorrupt` (recovery rebuilds the index). Recovery builds regions privately in
-//! [`HeapRegions`] and copies them with [`copy_region_into`] (region 0 without its
-//! header) before publishing the header.
+//! `WalCorrupt` (recovery rebuilds the index). Recovery builds each region in a private
+//! plain buffer (`recovery::RegionBuilder`, SQLite's `walIndexAppend` without atomics) and
+//! writes it into the `-shm` with one `write_bytes` (region 0 without its header) before
+//! publishing the header; [`HeapRegions`] and [`copy_region_into`] serve tests and tools.
 
 mod hash;
 mod header;
