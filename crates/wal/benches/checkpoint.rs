@@ -6,14 +6,20 @@
 //! checkpoint. The side-by-side run against SQLite on 64/256 MiB WALs is
 //! `cargo xtask bench-vs-sqlite`.
 //!
-//! Then the copy + barrier alone (`checkpoint_executor::execute_checkpoint`, the
-//! library's executor, on the same plan), with two targets, interleaved over 11 rounds,
-//! phase times printed (median):
+//! Then the copy + barrier alone (`checkpoint_executor::execute_checkpoint_with`, the
+//! library's executor, on the same plan, database written through a `DbFileTarget` and read
+//! back through a second handle), in several variants interleaved over 11 rounds, phase
+//! times printed (median):
 //!
-//! | target | what it does |
-//! |---|---|
-//! | `DbFileTarget` | the library's: one `pwrite` per run, a full fsync at the end |
-//! | prototype `overlap N MiB` | the same, plus `sync_file_range(SYNC_FILE_RANGE_WRITE)` over the last N MiB written (N = 1: every run), so the disk writes back while the copy goes on and the final fsync has little left to wait for (not the library's code) |
+//! | # | variant | what it does |
+//! |---|---|---|
+//! | 0 | library (auto) | what `Wal::checkpoint` runs: pipeline on two cores, writeback every 8 MiB, two-thread read-back |
+//! | 1 | 1 thread, wb 8 MiB | everything on the calling thread, writeback every 8 MiB |
+//! | 2 | 1 thread, no wb | the executor as it was before (but with the faster `page_digest`): one thread, no early writeback |
+//! | 3 | 2 threads, no wb | pipeline and two-thread read-back, no early writeback |
+//! | 4, 5 | 2 threads, wb 4 / 16 MiB | other writeback batches |
+//!
+//! `CHECKPOINT_BENCH_VARIANTS=0,2` runs only the listed variants.
 //!
 //! `CHECKPOINT_BENCH_MIB` sets the WAL size (default 16).
 //!
@@ -21,18 +27,17 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use fsqlite_error::Result;
-use fsqlite_types::{Cx, PageNumber, VfsOpenFlags};
+use fsqlite_types::{Cx, VfsOpenFlags};
 use fsqlite_vfs::{UnixVfs, Vfs, VfsFile};
 use fsqlite_wal::checkpoint::{BackfillPlan, max_run_pages_for, plan_backfill};
 use fsqlite_wal::checkpoint_executor::{
-    CheckpointJob, CheckpointReport, CheckpointTarget, DbFileTarget, execute_checkpoint,
+    CHECKPOINT_WRITEBACK_BYTES, CheckpointJob, CheckpointReport, CheckpointThreads, DbFileTarget,
+    execute_checkpoint_with,
 };
 use fsqlite_wal::recovery_fence::PageVerifyMode;
 use fsqlite_wal::wal_index::{HeapRegions, WalIndex};
@@ -85,68 +90,7 @@ fn checkpoint(c: &mut Criterion) {
         });
     }
     group.finish();
-    executor_prototype(&cx, &src, &db);
-}
-
-/// The prototype target: the library's `DbFileTarget`, plus an early writeback request
-/// for every `batch` bytes it writes.
-struct OverlapTarget<'a> {
-    inner: DbFileTarget<'a, fsqlite_vfs::UnixFile>,
-    raw: std::fs::File,
-    batch: i64,
-    /// Written but not yet handed to writeback: `[start, end)`.
-    pending: Option<(i64, i64)>,
-}
-
-impl CheckpointTarget for OverlapTarget<'_> {
-    fn write_page(&mut self, cx: &Cx, page: PageNumber, data: &[u8]) -> Result<()> {
-        self.inner.write_page(cx, page, data)
-    }
-
-    fn truncate_db(&mut self, cx: &Cx, n_pages: u32) -> Result<()> {
-        self.inner.truncate_db(cx, n_pages)
-    }
-
-    fn sync_db(&mut self, cx: &Cx) -> Result<()> {
-        self.inner.sync_db(cx)
-    }
-
-    fn write_pages(
-        &mut self,
-        cx: &Cx,
-        first: PageNumber,
-        page_size: u32,
-        data: &[u8],
-    ) -> Result<()> {
-        self.inner.write_pages(cx, first, page_size, data)?;
-        let off = i64::from(first.get() - 1) * i64::from(page_size);
-        let end = off + data.len() as i64;
-        let (start, end) = self
-            .pending
-            .map_or((off, end), |(s, e)| (s.min(off), e.max(end)));
-        if end - start < self.batch {
-            self.pending = Some((start, end));
-            return Ok(());
-        }
-        self.pending = None;
-        // SAFETY: a plain syscall on a descriptor this value owns; it only starts the
-        // writeback of dirty pages in the range and touches no memory of ours.
-        let rc = unsafe {
-            libc::sync_file_range(
-                self.raw.as_raw_fd(),
-                start,
-                end - start,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "sync_file_range: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(())
-    }
+    executor_variants(&cx, &src, &db);
 }
 
 /// The plan for a full checkpoint of `wal`, built as `Wal::checkpoint` builds it.
@@ -171,8 +115,15 @@ fn full_plan(cx: &Cx, wal: &fsqlite_vfs::UnixFile) -> (BackfillPlan, u32, u32) {
     (plan, report.n_page, h.page_size)
 }
 
-/// `overlap`: `None` for the library's target, `Some(bytes)` for the prototype.
-fn run_executor(cx: &Cx, src: &Path, db: &Path, overlap: Option<i64>) -> CheckpointReport {
+/// One way to run the executor: its thread policy and the target's writeback batch.
+#[derive(Clone, Copy)]
+struct Variant {
+    name: &'static str,
+    threads: CheckpointThreads,
+    writeback_bytes: u64,
+}
+
+fn run_executor(cx: &Cx, src: &Path, db: &Path, v: Variant) -> CheckpointReport {
     common::fresh_copy(src, db);
     let vfs = UnixVfs::new();
     let flags = VfsOpenFlags::READWRITE;
@@ -200,58 +151,82 @@ fn run_executor(cx: &Cx, src: &Path, db: &Path, overlap: Option<i64>) -> Checkpo
         complete: true,
         verify_mode: PageVerifyMode::WholePage,
     };
-    let inner = DbFileTarget::new(&mut target_file, page_size).expect("target");
-    if let Some(batch) = overlap {
-        let raw = std::fs::OpenOptions::new()
-            .write(true)
-            .open(db)
-            .expect("open for sync_file_range");
-        let mut t = OverlapTarget {
-            inner,
-            raw,
-            batch,
-            pending: None,
-        };
-        execute_checkpoint(cx, &wal, &job, &mut t, &readback).expect("checkpoint")
-    } else {
-        let mut t = inner;
-        execute_checkpoint(cx, &wal, &job, &mut t, &readback).expect("checkpoint")
-    }
+    let mut target = DbFileTarget::new(&mut target_file, page_size).expect("target");
+    target.set_writeback_bytes(v.writeback_bytes);
+    execute_checkpoint_with(cx, &wal, &job, &mut target, &readback, v.threads).expect("checkpoint")
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn executor_prototype(cx: &Cx, src: &Path, db: &Path) {
-    let variants: [(&str, Option<i64>); 3] = [
-        ("DbFileTarget", None),
-        ("overlap 1 MiB", Some(1 << 20)),
-        ("overlap 8 MiB", Some(8 << 20)),
+fn executor_variants(cx: &Cx, src: &Path, db: &Path) {
+    const MIB: u64 = 1 << 20;
+    let variants = [
+        Variant {
+            name: "library (auto)",
+            threads: CheckpointThreads::Auto,
+            writeback_bytes: CHECKPOINT_WRITEBACK_BYTES,
+        },
+        Variant {
+            name: "1 thread, wb 8 MiB",
+            threads: CheckpointThreads::One,
+            writeback_bytes: 8 * MIB,
+        },
+        Variant {
+            name: "1 thread, no wb",
+            threads: CheckpointThreads::One,
+            writeback_bytes: 0,
+        },
+        Variant {
+            name: "2 threads, no wb",
+            threads: CheckpointThreads::Two,
+            writeback_bytes: 0,
+        },
+        Variant {
+            name: "2 threads, wb 4 MiB",
+            threads: CheckpointThreads::Two,
+            writeback_bytes: 4 * MIB,
+        },
+        Variant {
+            name: "2 threads, wb 16 MiB",
+            threads: CheckpointThreads::Two,
+            writeback_bytes: 16 * MIB,
+        },
     ];
-    let mut rows: [Vec<CheckpointReport>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let only: Option<Vec<usize>> = std::env::var("CHECKPOINT_BENCH_VARIANTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let chosen: Vec<usize> = (0..variants.len())
+        .filter(|k| only.as_ref().is_none_or(|o| o.contains(k)))
+        .collect();
+    let mut rows: Vec<Vec<CheckpointReport>> = vec![Vec::new(); variants.len()];
     for round in 0..11 {
-        for k in 0..variants.len() {
-            let v = (k + round) % variants.len();
-            rows[v].push(run_executor(cx, src, db, variants[v].1));
+        for k in 0..chosen.len() {
+            let v = chosen[(k + round) % chosen.len()];
+            rows[v].push(run_executor(cx, src, db, variants[v]));
         }
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    for ((name, _), reports) in variants.iter().zip(&rows) {
+    for &k in &chosen {
+        let reports = &rows[k];
         let col = |f: &dyn Fn(&CheckpointReport) -> Duration| {
             med(&mut reports.iter().map(|r| ms(f(r))).collect())
         };
         let r = &reports[0];
         eprintln!(
-            "executor {name:<20} {} pages in {} runs: total {:.1} ms (read {:.1}, write {:.1}, \
-             truncate {:.1}, sync {:.1}, verify {:.1}; medians of 11)",
+            "executor {:<22} {} pages in {} runs, pipelined {}: total {:.1} ms (read {:.1}, \
+             digests {:.1}, write {:.1}, truncate {:.1}, sync {:.1}, verify {:.1}; medians of 11)",
+            variants[k].name,
             r.pages_written,
             r.runs,
+            r.pipelined,
             col(&|r| r.total_time),
             col(&|r| r.read_time),
+            col(&|r| r.digest_time),
             col(&|r| r.write_time),
             col(&|r| r.truncate_time),
             col(&|r| r.sync_time),

@@ -18,20 +18,50 @@
 //!
 //! # The copy (step 1.5 of the algorithm)
 //!
-//! For each run of adjacent pages (ascending page order): the frames that hold it are
-//! read, frames that are consecutive in the WAL with one `read` (into a reused buffer,
-//! then copied out), a lone frame straight into the run's write buffer; then the run is
-//! written with **one** [`CheckpointTarget::write_pages`] call. For each page the
-//! expected checksum is recorded (the whole-page xxh3-128 digest, or in trailer mode the
-//! page's trailer). When the copy is complete the database is truncated to `n_page`
-//! pages. Then [`crate::recovery_fence::execute_recovery_barrier_with`]: a full fsync of the
-//! database and the read-back of every written page. Any error (I/O, short WAL,
+//! The runs of adjacent pages (ascending page order) are cut into **chunks** of at most
+//! [`CHECKPOINT_MAX_WRITE_BYTES`] (at least one page; the plans `Wal` builds have runs of
+//! at most that size, so there a chunk is a run). For each chunk: the frames that hold it
+//! are read, frames that are consecutive in the WAL with one `read` of at most
+//! [`CHECKPOINT_MAX_WAL_READ_BYTES`] (into a reused buffer, then copied out), a lone frame
+//! straight into the chunk's buffer; the expected checksum of each page is recorded (the
+//! whole-page xxh3-128 digest, or in trailer mode the page's trailer); then the chunk is
+//! written with **one** [`CheckpointTarget::write_pages`] call. Chunks are written in
+//! plan order. When the copy is complete the database is truncated to `n_page` pages.
+//!
+//! With two cores and at least [`CHECKPOINT_PIPELINE_MIN_BYTES`] to copy, the copy is a
+//! two-stage pipeline: a scoped thread reads the WAL and computes the expected checksums
+//! into one of [`CHECKPOINT_PIPELINE_BUFFERS`] chunk buffers while the calling thread
+//! writes the previous ones (the target is used on the calling thread only). The writes,
+//! their order, their contents and the expected checksums are the same as on one thread;
+//! only the WAL reads run ahead of the writes, by at most the buffers in flight.
+//!
+//! [`DbFileTarget`] asks the file to start writing back every
+//! [`CHECKPOINT_WRITEBACK_BYTES`] it has written ([`VfsFile::start_writeback`]; a hint,
+//! on Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the disk works while the copy
+//! goes on and the final fsync has little left to wait for.
+//!
+//! # The recovery barrier
+//!
+//! Then, in this order and unchanged by the above:
+//! [`crate::recovery_fence::ensure_db_fsync_before_wal_truncate`] (a **full** fsync of the
+//! database through the target, never retried) and, only after it returned, the read-back
+//! of every written page ([`crate::recovery_fence::verify_checkpoint_pages`], which reads
+//! and hashes on two threads when the pages are many). Any error (I/O, short WAL,
 //! cancellation, mismatch) is returned and the caller must leave the WAL and `nBackfill`
-//! as they were; an fsync error is never retried.
+//! as they were.
+//!
+//! # Memory
+//!
+//! Whatever the WAL size: at most [`CHECKPOINT_PIPELINE_BUFFERS`] chunk buffers (one on a
+//! single thread) and one WAL read buffer, each about 1 MiB, plus the expected checksums
+//! (24 bytes per copied page; the plan itself holds 4). No allocation per frame or per
+//! chunk once the buffers have grown.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use fsqlite_error::{FrankenError, Result};
+use fsqlite_types::sync_primitives::{Condvar, Mutex};
 use fsqlite_types::{Cx, PageNumber, PageSize};
 use fsqlite_vfs::VfsFile;
 
@@ -39,11 +69,59 @@ use crate::checkpoint::BackfillPlan;
 use crate::checksum::{WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, page_digest, read_page_checksum};
 use crate::recovery_fence::{
     ExpectedPageChecksum, PageVerifyMode, PageVerifyReport, fsync_db_file_full,
-    into_barrier_result, verify_checkpoint_pages,
+    into_barrier_result, verify_checkpoint_pages_with,
 };
 
 /// The largest single WAL read the copy issues for consecutive frames.
 pub const CHECKPOINT_MAX_WAL_READ_BYTES: usize = 1024 * 1024;
+
+/// The largest piece of a run written with one [`CheckpointTarget::write_pages`] call
+/// (a longer run is written in pieces of this size; a page larger than it is written
+/// whole). It is also the size of each pipeline buffer.
+pub const CHECKPOINT_MAX_WRITE_BYTES: usize = 1024 * 1024;
+
+/// [`DbFileTarget`] asks the file to start writing back after each this many bytes
+/// written (the default of [`DbFileTarget::set_writeback_bytes`]).
+pub const CHECKPOINT_WRITEBACK_BYTES: u64 = 8 * 1024 * 1024;
+
+/// With [`CheckpointThreads::Auto`], copies of fewer bytes run on the calling thread
+/// alone (a thread costs tens of microseconds; below this the pipeline gains nothing).
+pub const CHECKPOINT_PIPELINE_MIN_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Chunk buffers in flight between the WAL-reading thread and the writing thread.
+pub const CHECKPOINT_PIPELINE_BUFFERS: usize = 4;
+
+/// How many threads the copy and the read-back may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CheckpointThreads {
+    /// Two when the machine has at least two cores (and not under `--cfg loom`) and the
+    /// work is large enough ([`CHECKPOINT_PIPELINE_MIN_BYTES`] to copy,
+    /// [`crate::recovery_fence::VERIFY_PARALLEL_MIN_BYTES`] to read back); else one.
+    #[default]
+    Auto,
+    /// The calling thread only.
+    One,
+    /// Two threads whatever the size and the machine (for tests and measurements; one
+    /// under `--cfg loom`, see [`CheckpointThreads::Auto`]).
+    Two,
+}
+
+impl CheckpointThreads {
+    /// Whether work of `bytes` uses two threads, given the threshold for `Auto`.
+    pub(crate) fn use_two(self, bytes: u64, auto_min_bytes: u64) -> bool {
+        match self {
+            Self::One => false,
+            Self::Two => !cfg!(loom),
+            Self::Auto => bytes >= auto_min_bytes && two_cores(),
+        }
+    }
+}
+
+/// True when a second thread can run beside this one. Under `--cfg loom` the facade's
+/// locks are loom's and only work inside a model, so the executor stays on one thread.
+fn two_cores() -> bool {
+    !cfg!(loom) && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+}
 
 /// Where a checkpoint writes pages: normally the database file ([`DbFileTarget`]).
 ///
@@ -109,17 +187,36 @@ impl<T: CheckpointTarget + ?Sized> CheckpointTarget for &mut T {
 
 /// A [`CheckpointTarget`] over a database [`VfsFile`]: page `p` lives at
 /// `(p - 1) × page_size`; a run of pages is one `write`; `sync_db` is `SyncFlags::FULL`.
+///
+/// After each [`CHECKPOINT_WRITEBACK_BYTES`] written (see
+/// [`set_writeback_bytes`](Self::set_writeback_bytes)) it calls
+/// [`VfsFile::start_writeback`] over the byte range written since the previous call
+/// (from the lowest to the highest offset written), so the final `sync_db` finds most of
+/// the data already on its way to the disk. The hint changes no byte and no ordering; if
+/// the file reports an error for it, the target logs it and stops asking (the fsync
+/// still reports any real write error).
 #[derive(Debug)]
 pub struct DbFileTarget<'a, F: VfsFile + ?Sized> {
     file: &'a mut F,
     page_size: u32,
+    /// Bytes written between two writeback requests (0: never ask).
+    writeback_bytes: u64,
+    /// Written since the last request: `[start, end)` and how many bytes.
+    pending: Option<(u64, u64)>,
+    pending_bytes: u64,
 }
 
 impl<'a, F: VfsFile + ?Sized> DbFileTarget<'a, F> {
     /// A target writing pages of `page_size` bytes (a valid SQLite page size) into `file`.
     pub fn new(file: &'a mut F, page_size: u32) -> Result<Self> {
         PageSize::try_new(page_size)?;
-        Ok(Self { file, page_size })
+        Ok(Self {
+            file,
+            page_size,
+            writeback_bytes: CHECKPOINT_WRITEBACK_BYTES,
+            pending: None,
+            pending_bytes: 0,
+        })
     }
 
     /// The page size.
@@ -130,6 +227,12 @@ impl<'a, F: VfsFile + ?Sized> DbFileTarget<'a, F> {
     /// The file, for reading.
     pub fn file(&self) -> &F {
         self.file
+    }
+
+    /// Asks for writeback after each `bytes` written (default
+    /// [`CHECKPOINT_WRITEBACK_BYTES`]); 0 turns the requests off.
+    pub fn set_writeback_bytes(&mut self, bytes: u64) {
+        self.writeback_bytes = bytes;
     }
 
     fn check_len(&self, len: usize) -> Result<()> {
@@ -145,6 +248,35 @@ impl<'a, F: VfsFile + ?Sized> DbFileTarget<'a, F> {
     fn offset(&self, page: PageNumber) -> u64 {
         u64::from(page.get() - 1) * u64::from(self.page_size)
     }
+
+    /// Notes `len` bytes written at `offset`; asks for writeback once enough are pending.
+    fn written(&mut self, cx: &Cx, offset: u64, len: usize) {
+        if self.writeback_bytes == 0 {
+            return;
+        }
+        let end = offset + len as u64;
+        let (start, end) = self
+            .pending
+            .map_or((offset, end), |(s, e)| (s.min(offset), e.max(end)));
+        self.pending_bytes += len as u64;
+        if self.pending_bytes < self.writeback_bytes {
+            self.pending = Some((start, end));
+            return;
+        }
+        self.pending = None;
+        self.pending_bytes = 0;
+        if let Err(e) = self.file.start_writeback(cx, start, end - start) {
+            tracing::warn!(
+                target: "fsqlite.wal.checkpoint",
+                error = %e,
+                offset = start,
+                len = end - start,
+                "early writeback request failed; no more requests in this checkpoint \
+                 (the final fsync still makes the copy durable)"
+            );
+            self.writeback_bytes = 0;
+        }
+    }
 }
 
 impl<F: VfsFile + ?Sized> CheckpointTarget for DbFileTarget<'_, F> {
@@ -156,7 +288,10 @@ impl<F: VfsFile + ?Sized> CheckpointTarget for DbFileTarget<'_, F> {
                 self.page_size
             )));
         }
-        self.file.write(cx, data, self.offset(page))
+        let offset = self.offset(page);
+        self.file.write(cx, data, offset)?;
+        self.written(cx, offset, data.len());
+        Ok(())
     }
 
     fn truncate_db(&mut self, cx: &Cx, n_pages: u32) -> Result<()> {
@@ -182,7 +317,10 @@ impl<F: VfsFile + ?Sized> CheckpointTarget for DbFileTarget<'_, F> {
             )));
         }
         self.check_len(data.len())?;
-        self.file.write(cx, data, self.offset(first))
+        let offset = self.offset(first);
+        self.file.write(cx, data, offset)?;
+        self.written(cx, offset, data.len());
+        Ok(())
     }
 }
 
@@ -211,14 +349,17 @@ pub struct CheckpointJob<'p> {
     pub verify_mode: PageVerifyMode,
 }
 
-/// What [`execute_checkpoint`] did, with the time of each phase.
+/// What [`execute_checkpoint`] did, with the time of each phase. With the pipeline the
+/// WAL reads and expected checksums run on the second thread, beside the writes, so
+/// the phase times can add up to more than `total_time`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckpointReport {
     /// Pages written to the database.
     pub pages_written: u64,
     /// Bytes written to the database.
     pub bytes_written: u64,
-    /// Runs (one write each).
+    /// Runs of the plan copied (each written with one `write_pages` call per
+    /// [`CHECKPOINT_MAX_WRITE_BYTES`]).
     pub runs: u64,
     /// WAL reads issued.
     pub wal_reads: u64,
@@ -226,8 +367,12 @@ pub struct CheckpointReport {
     pub wal_bytes_read: u64,
     /// The size the database was truncated to, in pages (complete copies only).
     pub truncated_to_pages: Option<u32>,
-    /// Time reading frames from the WAL.
+    /// Whether the copy ran as a two-thread pipeline.
+    pub pipelined: bool,
+    /// Time reading frames from the WAL (and copying them out of the read buffer).
     pub read_time: Duration,
+    /// Time computing the expected checksums.
+    pub digest_time: Duration,
     /// Time in the target's writes.
     pub write_time: Duration,
     /// Time truncating the database.
@@ -256,12 +401,28 @@ where
     T: CheckpointTarget + ?Sized,
     D: VfsFile + ?Sized,
 {
+    execute_checkpoint_with(cx, wal, job, target, db_file, CheckpointThreads::Auto)
+}
+
+/// [`execute_checkpoint`] with an explicit thread policy.
+pub fn execute_checkpoint_with<T, D>(
+    cx: &Cx,
+    wal: &(impl VfsFile + ?Sized),
+    job: &CheckpointJob<'_>,
+    target: &mut T,
+    db_file: &D,
+    threads: CheckpointThreads,
+) -> Result<CheckpointReport>
+where
+    T: CheckpointTarget + ?Sized,
+    D: VfsFile + ?Sized,
+{
     let start = Instant::now();
-    let (expected, mut report) = copy_phase(cx, wal, job, target)?;
+    let (expected, mut report) = copy_phase(cx, wal, job, target, threads)?;
     let t = Instant::now();
     crate::recovery_fence::ensure_db_fsync_before_wal_truncate(cx, target)?;
     report.sync_time = t.elapsed();
-    verify_phase(cx, db_file, job, &expected, &mut report)?;
+    verify_phase(cx, db_file, job, &expected, threads, &mut report)?;
     report.total_time = start.elapsed();
     log_report(&report);
     Ok(report)
@@ -278,10 +439,24 @@ pub fn execute_checkpoint_on_file<F>(
 where
     F: VfsFile + ?Sized,
 {
+    execute_checkpoint_on_file_with(cx, wal, job, db_file, CheckpointThreads::Auto)
+}
+
+/// [`execute_checkpoint_on_file`] with an explicit thread policy.
+pub fn execute_checkpoint_on_file_with<F>(
+    cx: &Cx,
+    wal: &(impl VfsFile + ?Sized),
+    job: &CheckpointJob<'_>,
+    db_file: &mut F,
+    threads: CheckpointThreads,
+) -> Result<CheckpointReport>
+where
+    F: VfsFile + ?Sized,
+{
     let start = Instant::now();
     let (expected, mut report) = {
         let mut target = DbFileTarget::new(&mut *db_file, job.page_size)?;
-        copy_phase(cx, wal, job, &mut target)?
+        copy_phase(cx, wal, job, &mut target, threads)?
     };
     let t = Instant::now();
     fsync_db_file_full(cx, db_file).inspect_err(|e| {
@@ -292,7 +467,7 @@ where
         );
     })?;
     report.sync_time = t.elapsed();
-    verify_phase(cx, &*db_file, job, &expected, &mut report)?;
+    verify_phase(cx, &*db_file, job, &expected, threads, &mut report)?;
     report.total_time = start.elapsed();
     log_report(&report);
     Ok(report)
@@ -304,7 +479,9 @@ fn log_report(r: &CheckpointReport) {
         pages = r.pages_written,
         runs = r.runs,
         wal_reads = r.wal_reads,
+        pipelined = r.pipelined,
         read_us = r.read_time.as_micros() as u64,
+        digest_us = r.digest_time.as_micros() as u64,
         write_us = r.write_time.as_micros() as u64,
         sync_us = r.sync_time.as_micros() as u64,
         verify_us = r.verify_time.as_micros() as u64,
@@ -318,36 +495,188 @@ fn verify_phase(
     db_file: &(impl VfsFile + ?Sized),
     job: &CheckpointJob<'_>,
     expected: &[ExpectedPageChecksum],
+    threads: CheckpointThreads,
     report: &mut CheckpointReport,
 ) -> Result<()> {
     let t = Instant::now();
-    let v = verify_checkpoint_pages(cx, db_file, job.page_size, expected, job.verify_mode)?;
+    let v = verify_checkpoint_pages_with(
+        cx,
+        db_file,
+        job.page_size,
+        expected,
+        job.verify_mode,
+        threads,
+    )?;
     report.verify_time = t.elapsed();
     report.verify = into_barrier_result(v)?;
     Ok(())
 }
 
-/// Reads one WAL span into `buf`; a short read means the WAL-index points past the file.
-fn read_wal(
-    cx: &Cx,
-    wal: &(impl VfsFile + ?Sized),
-    buf: &mut [u8],
-    offset: u64,
-    first_frame: u32,
-    report: &mut CheckpointReport,
-) -> Result<()> {
-    let got = wal.read(cx, buf, offset)?;
-    report.wal_reads += 1;
-    report.wal_bytes_read += buf.len() as u64;
-    if got < buf.len() {
-        return Err(FrankenError::wal_corrupt(format!(
-            "the WAL ends at byte {} while reading the data of frame {first_frame} and its \
-             successors ({} bytes from offset {offset}), although the WAL-index lists them",
-            offset + got as u64,
-            buf.len()
-        )));
+/// One piece of a run: its first page and the frames holding its pages, in page order.
+#[derive(Clone, Copy, Debug)]
+struct Chunk<'p> {
+    first_page: PageNumber,
+    frames: &'p [u32],
+}
+
+/// The plan's runs cut into chunks of at most `chunk_pages` pages, in plan order.
+fn chunks(plan: &BackfillPlan, chunk_pages: usize) -> impl Iterator<Item = Result<Chunk<'_>>> {
+    plan.runs.iter().flat_map(move |run| {
+        run.frames
+            .chunks(chunk_pages)
+            .enumerate()
+            .map(move |(i, frames)| {
+                let first = u64::from(run.first_page.get()) + (i * chunk_pages) as u64;
+                let first_page = u32::try_from(first)
+                    .ok()
+                    .and_then(PageNumber::new)
+                    .ok_or_else(|| FrankenError::out_of_range("checkpoint page number", first))?;
+                Ok(Chunk { first_page, frames })
+            })
+    })
+}
+
+/// The WAL side of the copy: reads a chunk's frames and records its expected checksums.
+struct WalReader<'w, W: VfsFile + ?Sized> {
+    wal: &'w W,
+    page_size: u32,
+    ps: usize,
+    frame_size: usize,
+    max_frames_per_read: usize,
+    mode: PageVerifyMode,
+    /// The buffer for reads of several consecutive frames (headers included).
+    rbuf: Vec<u8>,
+    expected: Vec<ExpectedPageChecksum>,
+    reads: u64,
+    bytes_read: u64,
+    read_time: Duration,
+    digest_time: Duration,
+}
+
+impl<'w, W: VfsFile + ?Sized> WalReader<'w, W> {
+    fn new(wal: &'w W, job: &CheckpointJob<'_>, ps: usize) -> Self {
+        let frame_size = ps + WAL_FRAME_HEADER_SIZE;
+        Self {
+            wal,
+            page_size: job.page_size,
+            ps,
+            frame_size,
+            max_frames_per_read: (CHECKPOINT_MAX_WAL_READ_BYTES / frame_size).max(1),
+            mode: job.verify_mode,
+            rbuf: Vec::new(),
+            expected: Vec::with_capacity(job.plan.page_count() as usize),
+            reads: 0,
+            bytes_read: 0,
+            read_time: Duration::ZERO,
+            digest_time: Duration::ZERO,
+        }
     }
-    Ok(())
+
+    /// Reads the chunk's pages into `out` (exactly `frames.len()` pages) and records
+    /// their expected checksums.
+    fn fill(&mut self, cx: &Cx, chunk: Chunk<'_>, out: &mut [u8]) -> Result<()> {
+        let (ps, frames) = (self.ps, chunk.frames);
+        debug_assert_eq!(out.len(), frames.len() * ps);
+        let t = Instant::now();
+        let mut k = 0;
+        while k < frames.len() {
+            // Frames consecutive in the WAL (frame f, f+1, ...) are read together.
+            let mut m = 1;
+            while k + m < frames.len()
+                && m < self.max_frames_per_read
+                && frames[k + m] == frames[k + m - 1].wrapping_add(1)
+            {
+                m += 1;
+            }
+            let first_frame = frames[k];
+            if first_frame == 0 {
+                return Err(FrankenError::internal(
+                    "checkpoint plan names frame 0".to_owned(),
+                ));
+            }
+            let off = wal_frame_data_offset(first_frame, self.page_size);
+            if m == 1 {
+                self.read(
+                    cx,
+                    OutBuf::Chunk(&mut out[k * ps..(k + 1) * ps]),
+                    off,
+                    first_frame,
+                )?;
+            } else {
+                let span = (m - 1) * self.frame_size + ps;
+                if self.rbuf.len() < span {
+                    self.rbuf.resize(span, 0);
+                }
+                self.read(cx, OutBuf::Span(span), off, first_frame)?;
+                for q in 0..m {
+                    let src = q * self.frame_size;
+                    out[(k + q) * ps..(k + q + 1) * ps].copy_from_slice(&self.rbuf[src..src + ps]);
+                }
+            }
+            k += m;
+        }
+        self.read_time += t.elapsed();
+
+        let t = Instant::now();
+        for (q, page_data) in out.chunks_exact(ps).enumerate() {
+            let page = chunk
+                .first_page
+                .get()
+                .checked_add(q as u32)
+                .and_then(PageNumber::new)
+                .ok_or_else(|| {
+                    FrankenError::out_of_range(
+                        "checkpoint page number",
+                        u64::from(chunk.first_page.get()) + q as u64,
+                    )
+                })?;
+            let checksum = match self.mode {
+                PageVerifyMode::Trailer => read_page_checksum(page_data)?,
+                PageVerifyMode::WholePage | PageVerifyMode::Auto => page_digest(page_data),
+            };
+            self.expected.push(ExpectedPageChecksum { page, checksum });
+        }
+        self.digest_time += t.elapsed();
+        Ok(())
+    }
+
+    /// One WAL read into the chunk buffer or the first `span` bytes of the read buffer;
+    /// a short read means the WAL-index points past the file.
+    fn read(&mut self, cx: &Cx, to: OutBuf<'_>, offset: u64, first_frame: u32) -> Result<()> {
+        let buf = match to {
+            OutBuf::Chunk(b) => b,
+            OutBuf::Span(n) => &mut self.rbuf[..n],
+        };
+        let got = self.wal.read(cx, buf, offset)?;
+        self.reads += 1;
+        self.bytes_read += buf.len() as u64;
+        if got < buf.len() {
+            return Err(FrankenError::wal_corrupt(format!(
+                "the WAL ends at byte {} while reading the data of frame {first_frame} and its \
+                 successors ({} bytes from offset {offset}), although the WAL-index lists them",
+                offset + got as u64,
+                buf.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Moves the counters into `report`; returns the expected checksums.
+    fn finish(self, report: &mut CheckpointReport) -> Vec<ExpectedPageChecksum> {
+        report.wal_reads += self.reads;
+        report.wal_bytes_read += self.bytes_read;
+        report.read_time += self.read_time;
+        report.digest_time += self.digest_time;
+        self.expected
+    }
+}
+
+/// Where [`WalReader::read`] puts the bytes.
+enum OutBuf<'a> {
+    /// Straight into (part of) a chunk buffer.
+    Chunk(&'a mut [u8]),
+    /// Into the first `n` bytes of the reader's own buffer.
+    Span(usize),
 }
 
 fn copy_phase<T: CheckpointTarget + ?Sized>(
@@ -355,84 +684,39 @@ fn copy_phase<T: CheckpointTarget + ?Sized>(
     wal: &(impl VfsFile + ?Sized),
     job: &CheckpointJob<'_>,
     target: &mut T,
+    threads: CheckpointThreads,
 ) -> Result<(Vec<ExpectedPageChecksum>, CheckpointReport)> {
     let ps = PageSize::try_new(job.page_size)?.bytes();
-    let frame_size = ps + WAL_FRAME_HEADER_SIZE;
-    let max_frames_per_read = (CHECKPOINT_MAX_WAL_READ_BYTES / frame_size).max(1);
-    let mut report = CheckpointReport::default();
-    let mut expected = Vec::with_capacity(job.plan.page_count() as usize);
-    let mut wbuf: Vec<u8> = Vec::new();
-    let mut rbuf: Vec<u8> = Vec::new();
-
-    for run in &job.plan.runs {
-        cx.checkpoint()?;
-        let n = run.frames.len();
-        if n == 0 {
-            continue;
-        }
-        if wbuf.len() < n * ps {
-            wbuf.resize(n * ps, 0);
-        }
-        let t = Instant::now();
-        let mut k = 0;
-        while k < n {
-            // Frames consecutive in the WAL (frame f, f+1, ...) are read together.
-            let mut m = 1;
-            while k + m < n
-                && m < max_frames_per_read
-                && run.frames[k + m] == run.frames[k + m - 1].wrapping_add(1)
-            {
-                m += 1;
+    let chunk_pages = (CHECKPOINT_MAX_WRITE_BYTES / ps).max(1);
+    let total_bytes = job.plan.page_count() * ps as u64;
+    let mut report = CheckpointReport {
+        pipelined: threads.use_two(total_bytes, CHECKPOINT_PIPELINE_MIN_BYTES),
+        ..CheckpointReport::default()
+    };
+    let expected = if report.pipelined {
+        match copy_pipelined(cx, wal, job, ps, chunk_pages, target, &mut report) {
+            Pipelined::Done(r) => r?,
+            Pipelined::NoThread(e) => {
+                tracing::warn!(
+                    target: "fsqlite.wal.checkpoint",
+                    error = %e,
+                    "could not start the WAL-reading thread; copying on one thread"
+                );
+                report.pipelined = false;
+                let reader = WalReader::new(wal, job, ps);
+                copy_sequential(cx, reader, job, chunk_pages, target, &mut report)?
             }
-            let first_frame = run.frames[k];
-            if first_frame == 0 {
-                return Err(FrankenError::internal(
-                    "checkpoint plan names frame 0".to_owned(),
-                ));
-            }
-            let off = wal_frame_data_offset(first_frame, job.page_size);
-            if m == 1 {
-                read_wal(
-                    cx,
-                    wal,
-                    &mut wbuf[k * ps..(k + 1) * ps],
-                    off,
-                    first_frame,
-                    &mut report,
-                )?;
-            } else {
-                let span = (m - 1) * frame_size + ps;
-                if rbuf.len() < span {
-                    rbuf.resize(span, 0);
-                }
-                read_wal(cx, wal, &mut rbuf[..span], off, first_frame, &mut report)?;
-                for q in 0..m {
-                    let src = q * frame_size;
-                    wbuf[(k + q) * ps..(k + q + 1) * ps].copy_from_slice(&rbuf[src..src + ps]);
-                }
-            }
-            k += m;
         }
-        report.read_time += t.elapsed();
-
-        let data = &wbuf[..n * ps];
-        for (q, page_data) in data.chunks_exact(ps).enumerate() {
-            let page = PageNumber::new(run.first_page.get() + q as u32)
-                .ok_or_else(|| FrankenError::out_of_range("page number", 0))?;
-            let checksum = match job.verify_mode {
-                PageVerifyMode::Trailer => read_page_checksum(page_data)?,
-                PageVerifyMode::WholePage | PageVerifyMode::Auto => page_digest(page_data),
-            };
-            expected.push(ExpectedPageChecksum { page, checksum });
-        }
-
-        let t = Instant::now();
-        target.write_pages(cx, run.first_page, job.page_size, data)?;
-        report.write_time += t.elapsed();
-        report.runs += 1;
-        report.pages_written += n as u64;
-        report.bytes_written += (n * ps) as u64;
-    }
+    } else {
+        let reader = WalReader::new(wal, job, ps);
+        copy_sequential(cx, reader, job, chunk_pages, target, &mut report)?
+    };
+    report.runs = job
+        .plan
+        .runs
+        .iter()
+        .filter(|r| !r.frames.is_empty())
+        .count() as u64;
 
     if job.complete {
         cx.checkpoint()?;
@@ -442,6 +726,237 @@ fn copy_phase<T: CheckpointTarget + ?Sized>(
         report.truncated_to_pages = Some(job.n_page);
     }
     Ok((expected, report))
+}
+
+/// Writes one filled chunk and counts it.
+fn write_chunk<T: CheckpointTarget + ?Sized>(
+    cx: &Cx,
+    target: &mut T,
+    page_size: u32,
+    first_page: PageNumber,
+    data: &[u8],
+    report: &mut CheckpointReport,
+) -> Result<()> {
+    let t = Instant::now();
+    target.write_pages(cx, first_page, page_size, data)?;
+    report.write_time += t.elapsed();
+    report.pages_written += (data.len() / page_size as usize) as u64;
+    report.bytes_written += data.len() as u64;
+    Ok(())
+}
+
+/// The copy on the calling thread: read a chunk, write it, next.
+fn copy_sequential<W: VfsFile + ?Sized, T: CheckpointTarget + ?Sized>(
+    cx: &Cx,
+    mut reader: WalReader<'_, W>,
+    job: &CheckpointJob<'_>,
+    chunk_pages: usize,
+    target: &mut T,
+    report: &mut CheckpointReport,
+) -> Result<Vec<ExpectedPageChecksum>> {
+    let ps = reader.ps;
+    let mut wbuf: Vec<u8> = Vec::new();
+    for chunk in chunks(job.plan, chunk_pages) {
+        cx.checkpoint()?;
+        let chunk = chunk?;
+        let len = chunk.frames.len() * ps;
+        if wbuf.len() < len {
+            wbuf.resize(len, 0);
+        }
+        reader.fill(cx, chunk, &mut wbuf[..len])?;
+        write_chunk(
+            cx,
+            target,
+            job.page_size,
+            chunk.first_page,
+            &wbuf[..len],
+            report,
+        )?;
+    }
+    Ok(reader.finish(report))
+}
+
+/// A chunk read from the WAL, waiting to be written.
+struct Filled {
+    first_page: PageNumber,
+    len: usize,
+    buf: Vec<u8>,
+}
+
+/// The hand-off between the WAL-reading thread and the writing thread: a fixed pool of
+/// buffers that go round (free → filled by the reader → written → free).
+struct Handoff {
+    state: Mutex<HandoffState>,
+    changed: Condvar,
+}
+
+struct HandoffState {
+    free: Vec<Vec<u8>>,
+    filled: VecDeque<Filled>,
+    /// The reader will fill no more buffers (finished, failed or panicked).
+    reader_done: bool,
+    /// The writer will take no more buffers (finished, failed or panicked).
+    writer_done: bool,
+}
+
+impl Handoff {
+    fn new(buffers: usize) -> Self {
+        Self {
+            state: Mutex::new(HandoffState {
+                free: (0..buffers).map(|_| Vec::new()).collect(),
+                filled: VecDeque::with_capacity(buffers),
+                reader_done: false,
+                writer_done: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// A free buffer for the reader; `None` once the writer has stopped.
+    fn take_free(&self) -> Option<Vec<u8>> {
+        let mut g = self.state.lock();
+        loop {
+            if g.writer_done {
+                return None;
+            }
+            if let Some(b) = g.free.pop() {
+                return Some(b);
+            }
+            g = self.changed.wait(g);
+        }
+    }
+
+    fn push_filled(&self, f: Filled) {
+        self.state.lock().filled.push_back(f);
+        self.changed.notify_all();
+    }
+
+    /// The next chunk for the writer, in the order filled; `None` once the reader is
+    /// done and everything it filled has been taken.
+    fn next_filled(&self) -> Option<Filled> {
+        let mut g = self.state.lock();
+        loop {
+            if let Some(f) = g.filled.pop_front() {
+                return Some(f);
+            }
+            if g.reader_done {
+                return None;
+            }
+            g = self.changed.wait(g);
+        }
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        self.state.lock().free.push(buf);
+        self.changed.notify_all();
+    }
+}
+
+/// Marks one side of a [`Handoff`] done when dropped (also on an error or a panic), so
+/// the other side never waits for it forever.
+struct DoneOnDrop<'a> {
+    handoff: &'a Handoff,
+    reader: bool,
+}
+
+impl Drop for DoneOnDrop<'_> {
+    fn drop(&mut self) {
+        let mut g = self.handoff.state.lock();
+        if self.reader {
+            g.reader_done = true;
+        } else {
+            g.writer_done = true;
+        }
+        drop(g);
+        self.handoff.changed.notify_all();
+    }
+}
+
+/// The copy as a pipeline: a scoped thread reads the WAL and computes the expected
+/// checksums; the calling thread writes, in the same order as [`copy_sequential`]. A
+/// write error stops the reader; a read error ends the writes after the chunks read
+/// before it (exactly the chunks [`copy_sequential`] would have written).
+fn copy_pipelined<T: CheckpointTarget + ?Sized>(
+    cx: &Cx,
+    wal: &(impl VfsFile + ?Sized),
+    job: &CheckpointJob<'_>,
+    ps: usize,
+    chunk_pages: usize,
+    target: &mut T,
+    report: &mut CheckpointReport,
+) -> Pipelined {
+    let handoff = &Handoff::new(CHECKPOINT_PIPELINE_BUFFERS);
+    std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new()
+            .name("fsqlite-ckpt-read".to_owned())
+            .spawn_scoped(s, move || {
+                let _done = DoneOnDrop {
+                    handoff,
+                    reader: true,
+                };
+                let mut reader = WalReader::new(wal, job, ps);
+                for chunk in chunks(job.plan, chunk_pages) {
+                    cx.checkpoint()?;
+                    let chunk = chunk?;
+                    let Some(mut buf) = handoff.take_free() else {
+                        break; // the writer stopped; its error is the one reported
+                    };
+                    let len = chunk.frames.len() * ps;
+                    if buf.len() < len {
+                        buf.resize(len, 0);
+                    }
+                    reader.fill(cx, chunk, &mut buf[..len])?;
+                    handoff.push_filled(Filled {
+                        first_page: chunk.first_page,
+                        len,
+                        buf,
+                    });
+                }
+                Ok::<_, FrankenError>(reader)
+            });
+        let read_thread = match spawned {
+            Ok(h) => h,
+            // Nothing was read or written yet.
+            Err(e) => return Pipelined::NoThread(e),
+        };
+        let written = {
+            let _done = DoneOnDrop {
+                handoff,
+                reader: false,
+            };
+            let mut r = Ok(());
+            while let Some(f) = handoff.next_filled() {
+                r = cx.checkpoint().and_then(|()| {
+                    write_chunk(
+                        cx,
+                        target,
+                        job.page_size,
+                        f.first_page,
+                        &f.buf[..f.len],
+                        report,
+                    )
+                });
+                if r.is_err() {
+                    break;
+                }
+                handoff.give_back(f.buf);
+            }
+            r
+        };
+        let read = read_thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Pipelined::Done(written.and_then(|()| Ok(read?.finish(report))))
+    })
+}
+
+/// How [`copy_pipelined`] ended.
+enum Pipelined {
+    /// It ran: the expected checksums, or the first error (a write error before a read
+    /// error).
+    Done(Result<Vec<ExpectedPageChecksum>>),
+    /// The reading thread could not be started; nothing was done.
+    NoThread(std::io::Error),
 }
 
 #[cfg(all(test, not(loom)))]

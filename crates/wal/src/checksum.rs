@@ -461,9 +461,16 @@ impl Xxh3Checksum128 {
     }
 }
 
-/// The xxh3-128 digest of a whole buffer (whole-page verification).
+/// The xxh3-128 digest (seed 0, default secret) of a whole buffer (whole-page
+/// verification and the page trailer).
+///
+/// Computed with `twox-hash`, which picks its SIMD level (AVX2, else SSE2) at run time:
+/// about twice as fast on a 4 KiB page as `xxhash-rust`, whose level is fixed when the
+/// crate is compiled (SSE2 on the default x86-64 target). Both implement the same XXH3
+/// specification, so the value is identical (tested on every length 0..=100,000 and on
+/// unaligned slices); stored trailers and recorded digests stay comparable.
 pub fn page_digest(data: &[u8]) -> Xxh3Checksum128 {
-    Xxh3Checksum128::from_u128(xxhash_rust::xxh3::xxh3_128(data))
+    Xxh3Checksum128::from_u128(twox_hash::XxHash3_128::oneshot(data))
 }
 
 /// Splits a page into (hashed content, trailer); pages shorter than 17 bytes are an error.
@@ -529,6 +536,39 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// `page_digest` (twox-hash) equals xxhash-rust's xxh3-128: every length up to 4,200
+    /// bytes (all of XXH3's short-input paths, stripe and block boundaries), then lengths
+    /// up to 100,000 in steps of 97 and next to every 1 KiB block boundary, and at every
+    /// start offset mod 64. (Every length to 100,000 at five offsets was checked once in
+    /// release; in a debug build that takes minutes.)
+    #[test]
+    fn page_digest_equals_xxhash_rust() {
+        let data: Vec<u8> = (0..100_064u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        let check = |s: &[u8]| {
+            assert_eq!(
+                page_digest(s).to_u128(),
+                xxhash_rust::xxh3::xxh3_128(s),
+                "len {}",
+                s.len()
+            );
+        };
+        for len in (0..=4200)
+            .chain((4200..=100_000).step_by(97))
+            .chain((1..=97).flat_map(|k| [k * 1024 - 1, k * 1024, k * 1024 + 1]))
+        {
+            check(&data[..len]);
+        }
+        for off in 1..64 {
+            for len in [
+                0, 1, 16, 17, 128, 129, 240, 241, 1024, 4095, 4096, 4097, 65_536,
+            ] {
+                check(&data[off..off + len]);
             }
         }
     }

@@ -81,8 +81,9 @@ pub use pid_registry::{
 pub(crate) use verify::into_barrier_result;
 pub use verify::{
     BadPage, BadPageReason, CheckpointChecksumVerdict, ExpectedPageChecksum, PageVerifyMode,
-    PageVerifyReport, VERIFY_MAX_READ_BYTES, execute_recovery_barrier,
+    PageVerifyReport, VERIFY_MAX_READ_BYTES, VERIFY_PARALLEL_MIN_BYTES, execute_recovery_barrier,
     execute_recovery_barrier_with, verify_checkpoint_checksum_prefix, verify_checkpoint_pages,
+    verify_checkpoint_pages_with,
 };
 
 /// How long one "retry" of [`RecoveryFence::acquire_for_recovery`] is worth: the total wait
