@@ -135,6 +135,20 @@ pub trait VfsFile: Send + Sync {
     /// Takes or releases shm locks `offset..offset+n` (SQLite's indices and flags).
     fn shm_lock(&mut self, cx: &Cx, offset: u32, n: u32, flags: u32) -> Result<()>;
 
+    /// Turns this handle's exclusive lock on shm slot `offset` into a shared one.
+    ///
+    /// SQLite releases and re-takes (`xShmLock` has no downgrade), which lets another
+    /// connection take the slot in between; a VFS that can convert the lock atomically
+    /// (an `fcntl` read lock over the held write lock) overrides this, saving one system
+    /// call and that window. `Err(Busy)` means the slot was lost in between (only
+    /// possible with the default); the caller retries as after a failed shared lock.
+    /// Default: `shm_lock` UNLOCK|EXCLUSIVE, then LOCK|SHARED.
+    fn shm_downgrade(&mut self, cx: &Cx, offset: u32) -> Result<()> {
+        use crate::shm::{SHM_EXCLUSIVE, SHM_LOCK, SHM_SHARED, SHM_UNLOCK};
+        self.shm_lock(cx, offset, 1, SHM_UNLOCK | SHM_EXCLUSIVE)?;
+        self.shm_lock(cx, offset, 1, SHM_LOCK | SHM_SHARED)
+    }
+
     /// A full memory fence between shm accesses.
     fn shm_barrier(&self) {
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);

@@ -112,7 +112,9 @@ use fsqlite_error::{FrankenError, Result};
 use fsqlite_types::{AccessFlags, Cx, LockLevel, SyncFlags, VfsOpenFlags};
 
 use crate::os::{self, LockKind};
-use crate::shm::{SHM_DMS_BYTE, SHM_LOCK_BASE_BYTE, ShmRegion, check_shm_lock_args};
+use crate::shm::{
+    SHM_DMS_BYTE, SHM_LOCK, SHM_LOCK_BASE_BYTE, SHM_SHARED, ShmRegion, check_shm_lock_args,
+};
 use crate::traits::{Vfs, VfsFile, fallback_randomness, iocap};
 
 /// SQLite's `PENDING_BYTE`: write-locked by a connection on its way to EXCLUSIVE.
@@ -1107,6 +1109,31 @@ impl VfsFile for UnixFile {
                     shm.shared &= !mask;
                 }
             }
+            Ok(())
+        })
+    }
+
+    fn shm_downgrade(&mut self, _cx: &Cx, offset: u32) -> Result<()> {
+        check_shm_lock_args(offset, 1, SHM_LOCK | SHM_SHARED)?;
+        let kill = self.kill.clone();
+        with_kill_point(kill.as_deref(), KillOp::ShmLock, || {
+            let shm = self.shm_open()?;
+            let mask = 1u8 << offset;
+            if shm.exclusive & mask == 0 {
+                return Err(FrankenError::internal(format!(
+                    "shm_downgrade(offset {offset}): the slot is not held exclusively"
+                )));
+            }
+            // F_RDLCK over our own F_WRLCK converts it in place: nobody else holds any
+            // lock on the byte, so this cannot conflict, and there is no unlocked window.
+            let start = SHM_LOCK_BASE_BYTE + u64::from(offset);
+            if !os::ofd_setlk(&shm.file, LockKind::Read, start, 1)
+                .map_err(|e| shm.io("shm_downgrade", e))?
+            {
+                return Err(FrankenError::Busy);
+            }
+            shm.exclusive &= !mask;
+            shm.shared |= mask;
             Ok(())
         })
     }

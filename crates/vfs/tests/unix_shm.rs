@@ -289,3 +289,33 @@ fn exclusive_is_busy_while_another_handle_uses_the_shm() {
     a.shm_unmap(&cx, false).unwrap();
     b.lock(&cx, LockLevel::Exclusive).unwrap();
 }
+
+/// `shm_downgrade` turns the exclusive lock into a shared one in place: other handles can
+/// then share the slot but not take it exclusively, and the bookkeeping follows (a
+/// shared unlock releases it, an exclusive unlock is refused). Without the exclusive lock
+/// it is an error.
+#[test]
+fn shm_downgrade_converts_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("dg.db");
+    let cx = Cx::new();
+    let (mut a, mut b) = (open(&p), open(&p));
+    a.shm_map(&cx, 0, SZ, true).unwrap();
+    b.shm_map(&cx, 0, SZ, true).unwrap();
+    let r1 = wal_read_lock(1);
+    assert!(a.shm_downgrade(&cx, r1).is_err(), "not held: an error");
+    a.shm_lock(&cx, r1, 1, EXCL).unwrap();
+    assert!(busy(&b.shm_lock(&cx, r1, 1, SHRD)));
+    a.shm_downgrade(&cx, r1).unwrap();
+    b.shm_lock(&cx, r1, 1, SHRD).unwrap();
+    b.shm_lock(&cx, r1, 1, UNSHRD).unwrap();
+    assert!(
+        busy(&b.shm_lock(&cx, r1, 1, EXCL)),
+        "a still holds it shared"
+    );
+    // a's bookkeeping: shared now, so an exclusive unlock is the wrong mode.
+    assert!(a.shm_lock(&cx, r1, 1, UNEXCL).is_err());
+    assert!(busy(&b.shm_lock(&cx, r1, 1, EXCL)));
+    a.shm_lock(&cx, r1, 1, UNSHRD).unwrap();
+    b.shm_lock(&cx, r1, 1, EXCL).unwrap();
+}

@@ -789,11 +789,19 @@ impl<V: Vfs> Wal<V> {
                     best = Some((i, m));
                 }
             }
+            // True when the claimed slot is already held shared (downgraded in place).
+            let mut held = false;
             if best.is_none_or(|(_, m)| m < mx) {
                 for i in 1..WAL_READ_MARK_COUNT as u32 {
                     if locks::try_exclusive(&mut self.db, cx, wal_read_lock(i), 1)? {
                         r0.set_read_mark(i as usize, mx);
-                        locks::unlock_exclusive(&mut self.db, cx, wal_read_lock(i), 1)?;
+                        // SQLite unlocks, then locks shared below; a VFS that converts
+                        // the lock atomically saves a call (the re-check below stays).
+                        match self.db.shm_downgrade(cx, wal_read_lock(i)) {
+                            Ok(()) => held = true,
+                            Err(FrankenError::Busy) => {}
+                            Err(e) => return Err(e),
+                        }
                         best = Some((i, mx));
                         break;
                     }
@@ -802,7 +810,7 @@ impl<V: Vfs> Wal<V> {
             let Some((slot, mark)) = best else {
                 continue;
             };
-            if !locks::try_shared(&mut self.db, cx, wal_read_lock(slot))? {
+            if !held && !locks::try_shared(&mut self.db, cx, wal_read_lock(slot))? {
                 continue;
             }
             self.min_frame = r0.n_backfill() + 1;

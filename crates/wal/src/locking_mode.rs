@@ -123,6 +123,18 @@ impl<F: VfsFile> VfsFile for LockedDb<F> {
         }
     }
 
+    fn shm_downgrade(&mut self, cx: &Cx, offset: u32) -> Result<()> {
+        match self.mode {
+            LockingMode::Normal => self.file.shm_downgrade(cx, offset),
+            LockingMode::Exclusive => fsqlite_vfs::shm::check_shm_lock_args(
+                offset,
+                1,
+                fsqlite_vfs::SHM_LOCK | fsqlite_vfs::SHM_SHARED,
+            )
+            .map(drop),
+        }
+    }
+
     fn shm_barrier(&self) {
         self.file.shm_barrier();
     }
