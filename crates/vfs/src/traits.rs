@@ -149,6 +149,27 @@ pub trait VfsFile: Send + Sync {
         self.shm_lock(cx, offset, 1, SHM_LOCK | SHM_SHARED)
     }
 
+    /// Releases this handle's exclusive locks on the shm slots in `exclusive` and its
+    /// shared locks on the slots in `shared` (bit `i` = slot `i`), e.g. WRITE and a read
+    /// mark at the end of a write transaction. A VFS whose unlock of a byte range
+    /// releases only its own locks overrides this with one call over the whole range.
+    /// Default: one `shm_lock` UNLOCK per slot.
+    fn shm_unlock_slots(&mut self, cx: &Cx, exclusive: u8, shared: u8) -> Result<()> {
+        use crate::shm::{SHM_EXCLUSIVE, SHM_SHARED, SHM_UNLOCK};
+        let mut first_err = Ok(());
+        for slot in 0..8u32 {
+            for (mask, mode) in [(exclusive, SHM_EXCLUSIVE), (shared, SHM_SHARED)] {
+                if mask & (1 << slot) != 0 {
+                    let r = self.shm_lock(cx, slot, 1, SHM_UNLOCK | mode);
+                    if first_err.is_ok() {
+                        first_err = r;
+                    }
+                }
+            }
+        }
+        first_err
+    }
+
     /// A full memory fence between shm accesses.
     fn shm_barrier(&self) {
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);

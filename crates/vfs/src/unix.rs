@@ -611,6 +611,23 @@ pub struct UnixFile {
 }
 
 impl UnixFile {
+    /// [`VfsFile::shm_unlock_slots`] one `shm_lock` per slot (the trait's default).
+    fn shm_unlock_slots_one_by_one(&mut self, cx: &Cx, exclusive: u8, shared: u8) -> Result<()> {
+        use crate::shm::{SHM_EXCLUSIVE, SHM_UNLOCK};
+        let mut first_err = Ok(());
+        for slot in 0..8u32 {
+            for (mask, mode) in [(exclusive, SHM_EXCLUSIVE), (shared, SHM_SHARED)] {
+                if mask & (1 << slot) != 0 {
+                    let r = self.shm_lock(cx, slot, 1, SHM_UNLOCK | mode);
+                    if first_err.is_ok() {
+                        first_err = r;
+                    }
+                }
+            }
+        }
+        first_err
+    }
+
     fn new(
         file: File,
         path: PathBuf,
@@ -1134,6 +1151,40 @@ impl VfsFile for UnixFile {
             }
             shm.exclusive &= !mask;
             shm.shared |= mask;
+            Ok(())
+        })
+    }
+
+    fn shm_unlock_slots(&mut self, cx: &Cx, exclusive: u8, shared: u8) -> Result<()> {
+        let both = exclusive | shared;
+        if both == 0 {
+            return Ok(());
+        }
+        let (lo, hi) = (both.trailing_zeros(), both.ilog2());
+        let span = (((1u16 << (hi - lo + 1)) - 1) << lo) as u8;
+        let plain = match self.shm.as_ref() {
+            // One F_UNLCK over lo..=hi releases only this descriptor's locks, so it is
+            // exact when every slot of the span that this handle holds is to be released
+            // (and each in the mode the caller names).
+            Some(shm) => {
+                exclusive & shared != 0
+                    || shm.exclusive & exclusive != exclusive
+                    || shm.shared & shared != shared
+                    || (shm.exclusive | shm.shared) & span & !both != 0
+            }
+            None => true,
+        };
+        if plain {
+            return self.shm_unlock_slots_one_by_one(cx, exclusive, shared);
+        }
+        let kill = self.kill.clone();
+        with_kill_point(kill.as_deref(), KillOp::ShmLock, || {
+            let shm = self.shm_open()?;
+            let start = SHM_LOCK_BASE_BYTE + u64::from(lo);
+            os::ofd_setlk(&shm.file, LockKind::Unlock, start, u64::from(hi - lo + 1))
+                .map_err(|e| shm.io("shm_unlock_slots", e))?;
+            shm.exclusive &= !exclusive;
+            shm.shared &= !shared;
             Ok(())
         })
     }

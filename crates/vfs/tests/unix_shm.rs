@@ -319,3 +319,46 @@ fn shm_downgrade_converts_in_place() {
     a.shm_lock(&cx, r1, 1, UNSHRD).unwrap();
     b.shm_lock(&cx, r1, 1, EXCL).unwrap();
 }
+
+/// `shm_unlock_slots` releases exactly the named slots: in one call over the span when
+/// this handle holds nothing else inside it, slot by slot when it does (a third slot held
+/// inside the span survives); other handles' locks are never touched.
+#[test]
+#[allow(clippy::many_single_char_names)]
+fn shm_unlock_slots_releases_exactly_the_named_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("us.db");
+    let cx = Cx::new();
+    let (mut a, mut b, mut c) = (open(&p), open(&p), open(&p));
+    for h in [&mut a, &mut b, &mut c] {
+        h.shm_map(&cx, 0, SZ, true).unwrap();
+    }
+    let (w, r0, r1) = (WAL_WRITE_LOCK, wal_read_lock(0), wal_read_lock(1));
+    for hold_r0 in [false, true] {
+        a.shm_lock(&cx, w, 1, EXCL).unwrap();
+        a.shm_lock(&cx, r1, 1, SHRD).unwrap();
+        c.shm_lock(&cx, wal_read_lock(2), 1, SHRD).unwrap();
+        if hold_r0 {
+            a.shm_lock(&cx, r0, 1, SHRD).unwrap();
+        }
+        a.shm_unlock_slots(&cx, 1 << w, 1 << r1).unwrap();
+        b.shm_lock(&cx, w, 1, EXCL).unwrap();
+        b.shm_lock(&cx, r1, 1, EXCL).unwrap();
+        b.shm_lock(&cx, w, 1, UNEXCL).unwrap();
+        b.shm_lock(&cx, r1, 1, UNEXCL).unwrap();
+        assert!(
+            busy(&b.shm_lock(&cx, wal_read_lock(2), 1, EXCL)),
+            "c's lock survives"
+        );
+        assert_eq!(busy(&b.shm_lock(&cx, r0, 1, EXCL)), hold_r0, "a's READ(0)");
+        if hold_r0 {
+            a.shm_lock(&cx, r0, 1, UNSHRD).unwrap();
+        } else {
+            b.shm_lock(&cx, r0, 1, UNEXCL).unwrap();
+        }
+        c.shm_lock(&cx, wal_read_lock(2), 1, UNSHRD).unwrap();
+        // a's bookkeeping forgot both: taking them again works.
+        a.shm_lock(&cx, w, 1, EXCL).unwrap();
+        a.shm_lock(&cx, w, 1, UNEXCL).unwrap();
+    }
+}

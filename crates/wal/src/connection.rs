@@ -588,6 +588,19 @@ impl<V: Vfs> Wal<V> {
         }
     }
 
+    /// `unlock_write` + `end_read` with one VFS call (one `fcntl` on `UnixFile`).
+    fn end_write_and_read(&mut self, cx: &Cx) {
+        let exclusive = if self.write_locked {
+            1u8 << WAL_WRITE_LOCK
+        } else {
+            0
+        };
+        let shared = self.read_lock.map_or(0, |slot| 1u8 << wal_read_lock(slot));
+        self.write_locked = false;
+        self.read_lock = None;
+        let _ = self.db.shm_unlock_slots(cx, exclusive, shared);
+    }
+
     fn end_read(&mut self, cx: &Cx) {
         if let Some(slot) = self.read_lock.take() {
             let _ = locks::unlock_shared(&mut self.db, cx, wal_read_lock(slot));
@@ -1359,8 +1372,7 @@ impl<V: Vfs> WriteTxn<'_, V> {
         let r = self.wal.commit_inner(cx, &dirty, db_size);
         self.wal.recycle_pages(dirty);
         self.done = true;
-        self.wal.unlock_write(cx);
-        self.wal.end_read(cx);
+        self.wal.end_write_and_read(cx);
         let mx = r?;
         if let Some(n) = self.wal.options.auto_checkpoint
             && n > 0
@@ -1387,8 +1399,7 @@ impl<V: Vfs> WriteTxn<'_, V> {
             self.done = true;
             let dirty = std::mem::take(&mut self.dirty);
             self.wal.recycle_pages(dirty);
-            self.wal.unlock_write(cx);
-            self.wal.end_read(cx);
+            self.wal.end_write_and_read(cx);
         }
     }
 }

@@ -135,6 +135,13 @@ impl<F: VfsFile> VfsFile for LockedDb<F> {
         }
     }
 
+    fn shm_unlock_slots(&mut self, cx: &Cx, exclusive: u8, shared: u8) -> Result<()> {
+        match self.mode {
+            LockingMode::Normal => self.file.shm_unlock_slots(cx, exclusive, shared),
+            LockingMode::Exclusive => Ok(()),
+        }
+    }
+
     fn shm_barrier(&self) {
         self.file.shm_barrier();
     }
