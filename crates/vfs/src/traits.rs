@@ -155,19 +155,7 @@ pub trait VfsFile: Send + Sync {
     /// releases only its own locks overrides this with one call over the whole range.
     /// Default: one `shm_lock` UNLOCK per slot.
     fn shm_unlock_slots(&mut self, cx: &Cx, exclusive: u8, shared: u8) -> Result<()> {
-        use crate::shm::{SHM_EXCLUSIVE, SHM_SHARED, SHM_UNLOCK};
-        let mut first_err = Ok(());
-        for slot in 0..8u32 {
-            for (mask, mode) in [(exclusive, SHM_EXCLUSIVE), (shared, SHM_SHARED)] {
-                if mask & (1 << slot) != 0 {
-                    let r = self.shm_lock(cx, slot, 1, SHM_UNLOCK | mode);
-                    if first_err.is_ok() {
-                        first_err = r;
-                    }
-                }
-            }
-        }
-        first_err
+        unlock_slots_one_by_one(self, cx, exclusive, shared)
     }
 
     /// A full memory fence between shm accesses.
@@ -177,6 +165,29 @@ pub trait VfsFile: Send + Sync {
 
     /// Unmaps the shm of this handle; `delete` also removes `<path>-shm`.
     fn shm_unmap(&mut self, cx: &Cx, delete: bool) -> Result<()>;
+}
+
+/// [`VfsFile::shm_unlock_slots`] as one `shm_lock` UNLOCK per slot (the default, and the
+/// fallback of VFSs that override it); every slot is tried, the first error is returned.
+pub fn unlock_slots_one_by_one<F: VfsFile + ?Sized>(
+    file: &mut F,
+    cx: &Cx,
+    exclusive: u8,
+    shared: u8,
+) -> Result<()> {
+    use crate::shm::{SHM_EXCLUSIVE, SHM_SHARED, SHM_UNLOCK};
+    let mut first_err = Ok(());
+    for slot in 0..8u32 {
+        for (mask, mode) in [(exclusive, SHM_EXCLUSIVE), (shared, SHM_SHARED)] {
+            if mask & (1 << slot) != 0 {
+                let r = file.shm_lock(cx, slot, 1, SHM_UNLOCK | mode);
+                if first_err.is_ok() {
+                    first_err = r;
+                }
+            }
+        }
+    }
+    first_err
 }
 
 /// `SQLITE_IOCAP_*` device-characteristic bits.

@@ -611,23 +611,6 @@ pub struct UnixFile {
 }
 
 impl UnixFile {
-    /// [`VfsFile::shm_unlock_slots`] one `shm_lock` per slot (the trait's default).
-    fn shm_unlock_slots_one_by_one(&mut self, cx: &Cx, exclusive: u8, shared: u8) -> Result<()> {
-        use crate::shm::{SHM_EXCLUSIVE, SHM_UNLOCK};
-        let mut first_err = Ok(());
-        for slot in 0..8u32 {
-            for (mask, mode) in [(exclusive, SHM_EXCLUSIVE), (shared, SHM_SHARED)] {
-                if mask & (1 << slot) != 0 {
-                    let r = self.shm_lock(cx, slot, 1, SHM_UNLOCK | mode);
-                    if first_err.is_ok() {
-                        first_err = r;
-                    }
-                }
-            }
-        }
-        first_err
-    }
-
     fn new(
         file: File,
         path: PathBuf,
@@ -1175,7 +1158,7 @@ impl VfsFile for UnixFile {
             None => true,
         };
         if plain {
-            return self.shm_unlock_slots_one_by_one(cx, exclusive, shared);
+            return crate::traits::unlock_slots_one_by_one(self, cx, exclusive, shared);
         }
         let kill = self.kill.clone();
         with_kill_point(kill.as_deref(), KillOp::ShmLock, || {
