@@ -160,6 +160,21 @@ pub fn content_seed(seed: u64, w: &Workload) -> u64 {
     mix_seed(&[seed, name_hash(w.name), 2])
 }
 
+/// Runs `w` on `vfs` (a clone of the handle) at `path` with `w`'s content seed, catching a
+/// panic as its message.
+pub fn run_guarded(
+    cx: &Cx,
+    vfs: &MemoryVfs,
+    path: &Path,
+    w: &Workload,
+    seed: u64,
+) -> Result<workloads::RunOutcome<MemoryVfs>, String> {
+    catch_unwind(AssertUnwindSafe(|| {
+        workloads::run(cx, &Arc::new(vfs.clone()), path, w, content_seed(seed, w))
+    }))
+    .map_err(|p| panic_text(p.as_ref()))
+}
+
 /// The replay command of a case.
 pub fn replay_command(seed: u64, w: &str, k: u64, round: usize) -> String {
     let mut s = format!("cargo xtask crash-sim --seed {seed:#x} --workload {w} --case {k}");
@@ -175,10 +190,8 @@ pub fn count_ops(seed: u64, w: &Workload, worker: usize) -> Result<u64, String> 
     let cx = Cx::new();
     let vfs = MemoryVfs::with_seed(vfs_seed(seed, w));
     let path = worker_db_path(worker, w.name);
-    let out = catch_unwind(AssertUnwindSafe(|| {
-        workloads::run(&cx, &Arc::new(vfs.clone()), &path, w, content_seed(seed, w))
-    }))
-    .map_err(|p| format!("the clean run panicked: {}", panic_text(p.as_ref())))?;
+    let out = run_guarded(&cx, &vfs, &path, w, seed)
+        .map_err(|p| format!("the clean run panicked: {p}"))?;
     if let Some(v) = out.violation {
         return Err(format!("the clean run read a wrong state: {v}"));
     }
@@ -231,25 +244,13 @@ pub fn run_case(p: &CaseParams<'_>, k: u64, counters: &mut Counters, failures: &
     if crashes {
         vfs.set_crash_at_op(k);
     }
-    let run = catch_unwind(AssertUnwindSafe(|| {
-        workloads::run(
-            &cx,
-            &Arc::new(vfs.clone()),
-            &path,
-            w,
-            content_seed(p.seed, w),
-        )
-    }));
-    let out = match run {
+    let out = match run_guarded(&cx, &vfs, &path, w, p.seed) {
         Ok(o) => o,
         Err(e) => {
             fail(
                 failures,
                 "run".into(),
-                format!(
-                    "panic while running to the crash point: {}",
-                    panic_text(e.as_ref())
-                ),
+                format!("panic while running to the crash point: {e}"),
             );
             return;
         }

@@ -40,7 +40,7 @@ use fsqlite_vfs::{CrashMode, Fault, FaultOp, FaultRepeat, MemoryVfs};
 use fsqlite_wal::Wal;
 use serde_json::json;
 
-use crate::crashsim::{content_seed, count_ops, vfs_seed};
+use crate::crashsim::{count_ops, run_guarded, vfs_seed};
 use crate::model::{Bound, Model, page_digest};
 use crate::verify::{Verified, verify_recovered};
 use crate::workloads::{self, Workload, commit_images, commit_pages, observe, worker_db_path};
@@ -269,21 +269,10 @@ fn run_site(
         return run_recovery_site(p, n, &vfs, fault, &mut rng, counters, failures);
     }
     vfs.inject(fault);
-    let out = match catch_unwind(AssertUnwindSafe(|| {
-        workloads::run(
-            &cx,
-            &Arc::new(vfs.clone()),
-            &path,
-            w,
-            content_seed(p.seed, w),
-        )
-    })) {
+    let out = match run_guarded(&cx, &vfs, &path, w, p.seed) {
         Ok(o) => o,
         Err(e) => {
-            fail(
-                failures,
-                format!("panic under the fault: {}", panic_text(e.as_ref())),
-            );
+            fail(failures, format!("panic under the fault: {e}"));
             return SiteResult { fired: true };
         }
     };
@@ -461,21 +450,10 @@ fn run_recovery_site(
     // the same recovery.
     let k = 1 + mix_seed(&[p.seed, name_hash(w.name), 0x636f_6d70]) % p.n_ops.max(1);
     vfs.set_crash_at_op(k);
-    let out = match catch_unwind(AssertUnwindSafe(|| {
-        workloads::run(
-            &cx,
-            &Arc::new(vfs.clone()),
-            &path,
-            w,
-            content_seed(p.seed, w),
-        )
-    })) {
+    let out = match run_guarded(&cx, vfs, &path, w, p.seed) {
         Ok(o) => o,
         Err(e) => {
-            fail(
-                failures,
-                format!("panic before the crash: {}", panic_text(e.as_ref())),
-            );
+            fail(failures, format!("panic before the crash: {e}"));
             return SiteResult { fired: true };
         }
     };
