@@ -230,6 +230,26 @@ fn emit(text: &str) {
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
+/// Prints a demo or torture report (table or JSON); the exit status is its verdict.
+fn report_demo(title: &str, r: &demo::DemoReport, json: bool) -> CliResult<ExitStatus> {
+    if json {
+        print_json(r)?;
+    } else {
+        emit(&demo::render_table(title, &r.crash));
+        emit(&format!(
+            "  {:<30} {}{}\n",
+            "directory",
+            r.directory,
+            if r.kept { " (kept)" } else { " (removed)" }
+        ));
+    }
+    Ok(if r.crash.passed {
+        ExitStatus::Success
+    } else {
+        ExitStatus::CheckFailed
+    })
+}
+
 fn print_json<T: Serialize>(v: &T) -> CliResult<()> {
     let mut s = serde_json::to_string_pretty(v)
         .map_err(|e| CliError::failed(format!("could not encode JSON: {e}"), "report this bug"))?;
@@ -341,22 +361,7 @@ fn run(command: Command) -> CliResult<ExitStatus> {
                 c.kill_min = Duration::from_millis(50);
                 c.kill_max = Duration::from_millis(300);
             })?;
-            if json {
-                print_json(&r)?;
-            } else {
-                emit(&demo::render_table("fsqlite torture", &r.crash));
-                emit(&format!(
-                    "  {:<30} {}{}\n",
-                    "directory",
-                    r.directory,
-                    if r.kept { " (kept)" } else { " (removed)" }
-                ));
-            }
-            Ok(if r.crash.passed {
-                ExitStatus::Success
-            } else {
-                ExitStatus::CheckFailed
-            })
+            report_demo("fsqlite torture", &r, json)
         }
         Command::Demo {
             seconds,
@@ -378,22 +383,7 @@ fn run(command: Command) -> CliResult<ExitStatus> {
                 show_progress: show_progress(json),
             };
             let r = demo::run_demo(&opts)?;
-            if json {
-                print_json(&r)?;
-            } else {
-                emit(&demo::render_table("fsqlite demo", &r.crash));
-                emit(&format!(
-                    "  {:<30} {}{}\n",
-                    "directory",
-                    r.directory,
-                    if r.kept { " (kept)" } else { " (removed)" }
-                ));
-            }
-            Ok(if r.crash.passed {
-                ExitStatus::Success
-            } else {
-                ExitStatus::CheckFailed
-            })
+            report_demo("fsqlite demo", &r, json)
         }
         Command::Writer { db, id, seed } => {
             torture::run_writer(&WriterArgs { db, id, seed })?;

@@ -87,8 +87,8 @@ impl FrameMap {
 
     /// Forgets everything and starts generation `salts`.
     pub fn reset(&mut self, salts: [u32; 2]) {
-        self.slots.clear();
-        self.slots.shrink_to(MIN_SLOTS.max(self.slots.len()));
+        // `insert` allocates afresh (`grow`), so nothing is kept.
+        self.slots = Vec::new();
         self.pages = 0;
         self.built_to = 0;
         self.salts = salts;
