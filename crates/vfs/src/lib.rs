@@ -11,6 +11,12 @@
 //!   Linux open-file-description locks, and the `-shm` mapped with `memmap2`, so a real
 //!   SQLite process on the same files is simply another connection.
 //!
+//! Beyond SQLite's methods, `VfsFile` has three optional ones with default bodies, which
+//! `UnixFile` overrides to save work: `start_writeback` (`sync_file_range`, a hint during
+//! long copies), `shm_downgrade` (an exclusive shm lock turned shared in place) and
+//! `shm_unlock_slots` (several shm locks released with one call). `unsafe` code lives in
+//! `shm` (the mapping) and `os` (the `sync_file_range` call) only.
+//!
 //! ```
 //! use fsqlite_types::{Cx, VfsOpenFlags};
 //! use fsqlite_vfs::{MemoryVfs, Vfs, VfsFile};
