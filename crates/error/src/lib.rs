@@ -121,6 +121,18 @@ pub enum FrankenError {
     /// The write transaction's snapshot is older than the newest commit.
     #[error("cannot write: another connection committed since this read snapshot was taken")]
     BusySnapshot,
+    /// A `BEGIN CONCURRENT` transaction lost a write-write or read-write conflict: an item
+    /// it read or wrote (a page, or the database size) has a commit newer than its
+    /// snapshot. SQLITE_BUSY_SNAPSHOT (517); nothing of the transaction was written.
+    #[error("concurrent transaction conflict: {item} has a commit at WAL frame {frame}, newer than this transaction's snapshot (frame {snapshot}); nothing was written")]
+    ConcurrentConflict {
+        /// What conflicted: `page N` or `the database size`.
+        item: String,
+        /// The commit frame of the newer commit that touched it.
+        frame: u32,
+        /// The transaction's snapshot (`mxFrame` at its begin).
+        snapshot: u32,
+    },
     /// A lock held by this same connection conflicts (SQLite's SQLITE_LOCKED).
     #[error("the database is locked by an open transaction on this connection")]
     Locked,
@@ -220,7 +232,9 @@ impl FrankenError {
     /// SQLite's primary result code for this error.
     pub fn error_code(&self) -> ErrorCode {
         match self {
-            Self::Busy | Self::BusyRecovery | Self::BusySnapshot => ErrorCode::Busy,
+            Self::Busy | Self::BusyRecovery | Self::BusySnapshot | Self::ConcurrentConflict { .. } => {
+                ErrorCode::Busy
+            }
             Self::Locked => ErrorCode::Locked,
             Self::DatabaseCorrupt { .. } | Self::WalCorrupt { .. } => ErrorCode::Corrupt,
             Self::OutOfRange { .. } => ErrorCode::Range,
@@ -240,7 +254,7 @@ impl FrankenError {
     pub fn extended_code(&self) -> i32 {
         match self {
             Self::BusyRecovery => extended::BUSY_RECOVERY,
-            Self::BusySnapshot => extended::BUSY_SNAPSHOT,
+            Self::BusySnapshot | Self::ConcurrentConflict { .. } => extended::BUSY_SNAPSHOT,
             Self::ShortRead => extended::IOERR_SHORT_READ,
             Self::Io { op, .. } => match *op {
                 "read" => extended::IOERR_READ,
@@ -273,6 +287,9 @@ impl FrankenError {
             }
             Self::BusySnapshot => {
                 "end this transaction and begin a new one to see the newest commit, then retry the write"
+            }
+            Self::ConcurrentConflict { .. } => {
+                "retry the whole transaction from a fresh begin_concurrent: it then reads the newer commit"
             }
             Self::Locked => "finish or roll back the open transaction on this connection first",
             Self::DatabaseCorrupt { .. } => {

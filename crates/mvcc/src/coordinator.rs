@@ -63,11 +63,11 @@ use std::time::Duration;
 
 use fsqlite_error::{FrankenError, Result};
 use fsqlite_types::sync_primitives::Instant;
+use parking_lot::Mutex;
 use fsqlite_types::{Cx, LockLevel, PageNumber, PageSize, VfsOpenFlags};
 use fsqlite_vfs::{
     ShmRegion, Vfs, VfsFile, WAL_CKPT_LOCK, WAL_RECOVER_LOCK, WAL_WRITE_LOCK, wal_read_lock,
 };
-use fsqlite_wal::checkpoint_executor::wal_frame_data_offset;
 use fsqlite_wal::checksum::WAL_HEADER_SIZE;
 use fsqlite_wal::db_header::{DB_HEADER_SIZE, DbHeader};
 use fsqlite_wal::format::WalHeader;
@@ -86,6 +86,7 @@ use crate::compat::{
     CompatMode, CoordinatorProbeResult, HybridShmState, RecoveryPlan, ShmInspection,
     begin_concurrent_check,
 };
+use crate::concurrent::{ConcurrencyStats, ConcurrentTxn, HybridShared};
 use crate::heap_shm::HeapShmVfs;
 use crate::lifecycle::{CoordinatorRecord, RecordDefect, RecordState, record_path};
 
@@ -213,6 +214,14 @@ pub struct CoordinatorOptions {
     pub checkpoint_on_close: bool,
     /// Test kill hook; the default reads [`KILL_AT_ENV`].
     pub kill_at: Option<KillAt>,
+    /// Most distinct pages one [`ConcurrentTxn`] may write (its private write set lives
+    /// in memory); past it `write_page` fails with `OutOfRange`. Default 65,536 (256 MiB
+    /// of 4 KiB pages).
+    pub max_txn_pages: usize,
+    /// Most pages one [`ConcurrentTxn`] tracks in its read set; past it the transaction
+    /// counts as having read the whole database (any commit since its snapshot
+    /// conflicts), so memory stays bounded. Default 1,048,576.
+    pub max_read_set: usize,
 }
 
 impl Default for CoordinatorOptions {
@@ -225,6 +234,8 @@ impl Default for CoordinatorOptions {
             hybrid: true,
             checkpoint_on_close: true,
             kill_at: KillAt::from_env(),
+            max_txn_pages: 1 << 16,
+            max_read_set: 1 << 20,
         }
     }
 }
@@ -270,14 +281,16 @@ pub struct Coordinator<V: Vfs> {
     mode: CompatMode,
     mode_reason: String,
     inner: Inner<V>,
+    /// Commits in `FileLockOnly` mode (hybrid mode counts in [`HybridShared`]).
+    plain_commits: std::sync::atomic::AtomicU64,
 }
 
 enum Inner<V: Vfs> {
-    Hybrid(Box<Hybrid<V>>),
+    Hybrid(Box<HybridShared<V>>),
     /// SQLite's protocol on the shared `-shm`.
-    FileLock(Box<Wal<V>>),
+    FileLock(Mutex<Box<Wal<V>>>),
     /// No shared memory: heap WAL-index, database held EXCLUSIVE ([`HeapShmVfs`]).
-    Exclusive(Box<Wal<HeapShmVfs<V>>>),
+    Exclusive(Mutex<Box<Wal<HeapShmVfs<V>>>>),
 }
 
 /// What [`choose_mode`] decided.
@@ -320,31 +333,30 @@ impl<V: Vfs> std::fmt::Debug for Coordinator<V> {
             .field("mode", &self.mode)
             .field("mode_reason", &self.mode_reason);
         if let Inner::Hybrid(h) = &self.inner {
-            d.field("mx_frame", &h.state.legacy_hdr().mx_frame)
-                .field("generation", &h.record.generation)
-                .field("commits", &h.commits);
+            d.field("generation", &h.record.generation)
+                .field("stats", &h.stats());
         }
         d.finish_non_exhaustive()
     }
 }
 
 /// The hybrid coordinator's state (one database handle holding `WAL_WRITE_LOCK`).
-struct Hybrid<V: Vfs> {
-    vfs: Arc<V>,
-    db_path: PathBuf,
-    db: V::File,
-    wal: WalFile<V::File>,
-    wal_path: PathBuf,
-    shm_path: PathBuf,
-    record_file: V::File,
-    index: WalIndex,
-    state: HybridShmState,
-    page_size: PageSize,
-    options: CoordinatorOptions,
-    record: CoordinatorRecord,
-    takeover: Takeover,
-    commits: u64,
-    latched: Option<String>,
+pub(crate) struct Hybrid<V: Vfs> {
+    pub(crate) vfs: Arc<V>,
+    pub(crate) db_path: PathBuf,
+    pub(crate) db: V::File,
+    pub(crate) wal: WalFile<V::File>,
+    pub(crate) wal_path: PathBuf,
+    pub(crate) shm_path: PathBuf,
+    pub(crate) record_file: V::File,
+    pub(crate) index: WalIndex,
+    pub(crate) state: HybridShmState,
+    pub(crate) page_size: PageSize,
+    pub(crate) options: CoordinatorOptions,
+    pub(crate) record: CoordinatorRecord,
+    pub(crate) takeover: Takeover,
+    pub(crate) commits: u64,
+    pub(crate) latched: Option<String>,
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -474,14 +486,9 @@ impl<V: Vfs> Coordinator<V> {
             tracing::error!(target: TRACE, db = %db_path.display(), error = %e, "file-lock-only open failed");
         };
         let inner = match choice {
-            Choice::Hybrid(record_file) => Inner::Hybrid(Box::new(Hybrid::open(
+            Choice::Hybrid(record_file) => Inner::Hybrid(Box::new(HybridShared::new(
                 cx,
-                vfs,
-                &db_path,
-                db,
-                record_file,
-                page_size,
-                options,
+                Hybrid::open(cx, vfs, &db_path, db, record_file, page_size, options)?,
             )?)),
             Choice::FileLock | Choice::Exclusive => {
                 let exclusive = matches!(choice, Choice::Exclusive);
@@ -492,11 +499,11 @@ impl<V: Vfs> Coordinator<V> {
                     let heap = Arc::new(HeapShmVfs::new(vfs));
                     let wal = Wal::open(cx, heap, &db_path, wal_options(&options))
                         .inspect_err(open_failed)?;
-                    Inner::Exclusive(Box::new(wal))
+                    Inner::Exclusive(Mutex::new(Box::new(wal)))
                 } else {
                     let wal = Wal::open(cx, vfs, &db_path, wal_options(&options))
                         .inspect_err(open_failed)?;
-                    Inner::FileLock(Box::new(wal))
+                    Inner::FileLock(Mutex::new(Box::new(wal)))
                 }
             }
         };
@@ -505,6 +512,7 @@ impl<V: Vfs> Coordinator<V> {
             mode,
             mode_reason: reason,
             inner,
+            plain_commits: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -546,9 +554,28 @@ impl<V: Vfs> Coordinator<V> {
         &self.db_path
     }
 
-    /// The gate for `BEGIN CONCURRENT`: `Err(ConcurrentUnavailable)` in `FileLockOnly`.
-    pub fn begin_concurrent(&self) -> Result<()> {
-        begin_concurrent_check(self.mode)
+    /// Begins a `BEGIN CONCURRENT` transaction (see [`ConcurrentTxn`] and the crate docs):
+    /// a snapshot of the newest commit, held by a read mark, with a private write set.
+    /// `Err(ConcurrentUnavailable)` in `FileLockOnly` mode (never a silent downgrade to a
+    /// single writer); `Busy` when every read mark stays taken by other processes.
+    pub fn begin_concurrent(&self, cx: &Cx) -> Result<ConcurrentTxn<'_, V>> {
+        begin_concurrent_check(self.mode)?;
+        match &self.inner {
+            Inner::Hybrid(h) => h.begin(cx),
+            Inner::FileLock(_) | Inner::Exclusive(_) => Err(FrankenError::ConcurrentUnavailable),
+        }
+    }
+
+    /// Counters of the concurrent-writer machinery (zero in `FileLockOnly` mode except
+    /// `commits`).
+    pub fn stats(&self) -> ConcurrencyStats {
+        match &self.inner {
+            Inner::Hybrid(h) => h.stats(),
+            Inner::FileLock(_) | Inner::Exclusive(_) => ConcurrencyStats {
+                commits: self.plain_commits.load(std::sync::atomic::Ordering::Relaxed),
+                ..ConcurrencyStats::default()
+            },
+        }
     }
 
     /// What happened at takeover (hybrid mode only).
@@ -567,10 +594,10 @@ impl<V: Vfs> Coordinator<V> {
         }
     }
 
-    /// The legacy `-shm` state the coordinator publishes (hybrid mode only).
-    pub fn legacy_state(&self) -> Option<&HybridShmState> {
+    /// A copy of the legacy `-shm` state the coordinator publishes (hybrid mode only).
+    pub fn legacy_state(&self) -> Option<HybridShmState> {
         match &self.inner {
-            Inner::Hybrid(h) => Some(&h.state),
+            Inner::Hybrid(h) => Some(h.legacy_state()),
             Inner::FileLock(_) | Inner::Exclusive(_) => None,
         }
     }
@@ -579,38 +606,44 @@ impl<V: Vfs> Coordinator<V> {
     pub fn page_size(&self) -> u32 {
         match &self.inner {
             Inner::Hybrid(h) => h.page_size.get(),
-            Inner::FileLock(w) => w.page_size(),
-            Inner::Exclusive(w) => w.page_size(),
+            Inner::FileLock(w) => w.lock().page_size(),
+            Inner::Exclusive(w) => w.lock().page_size(),
         }
     }
 
     /// Commits `pages` (each exactly one page; those above `db_size` are dropped) with the
-    /// database size `db_size` and returns the new last commit frame. When this returns
-    /// `Ok`, the commit is durable per [`SyncMode`] and visible to every new reader,
-    /// legacy SQLite processes included.
-    pub fn commit(&mut self, cx: &Cx, pages: &[(PageNumber, &[u8])], db_size: u32) -> Result<u32> {
-        match &mut self.inner {
-            Inner::Hybrid(h) => h.commit(cx, pages, db_size),
-            Inner::FileLock(w) => wal_commit(w, cx, pages, db_size),
-            Inner::Exclusive(w) => wal_commit(w, cx, pages, db_size),
+    /// database size `db_size` as a blind write (no snapshot, so it never conflicts) and
+    /// returns its commit frame. In hybrid mode it joins the group commit like any
+    /// [`ConcurrentTxn`]. When this returns `Ok`, the commit is durable per [`SyncMode`]
+    /// and visible to every new reader, legacy SQLite processes included.
+    pub fn commit(&self, cx: &Cx, pages: &[(PageNumber, &[u8])], db_size: u32) -> Result<u32> {
+        let r = match &self.inner {
+            Inner::Hybrid(h) => return h.commit_blind(cx, pages, db_size),
+            Inner::FileLock(w) => wal_commit(&mut w.lock(), cx, pages, db_size),
+            Inner::Exclusive(w) => wal_commit(&mut w.lock(), cx, pages, db_size),
+        };
+        if r.is_ok() {
+            self.plain_commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        r
     }
 
     /// Reads the newest committed version of `page` into `buf` (one page).
-    pub fn read_page(&mut self, cx: &Cx, page: PageNumber, buf: &mut [u8]) -> Result<()> {
-        match &mut self.inner {
-            Inner::Hybrid(h) => h.read_page(cx, page, buf),
-            Inner::FileLock(w) => w.begin_read(cx)?.read_page(cx, page, buf),
-            Inner::Exclusive(w) => w.begin_read(cx)?.read_page(cx, page, buf),
+    pub fn read_page(&self, cx: &Cx, page: PageNumber, buf: &mut [u8]) -> Result<()> {
+        match &self.inner {
+            Inner::Hybrid(h) => h.read_newest(cx, page, buf),
+            Inner::FileLock(w) => w.lock().begin_read(cx)?.read_page(cx, page, buf),
+            Inner::Exclusive(w) => w.lock().begin_read(cx)?.read_page(cx, page, buf),
         }
     }
 
     /// The database size in pages after the last commit.
-    pub fn db_size(&mut self, cx: &Cx) -> Result<u32> {
-        match &mut self.inner {
-            Inner::Hybrid(h) => h.db_size(cx),
-            Inner::FileLock(w) => Ok(w.begin_read(cx)?.db_size()),
-            Inner::Exclusive(w) => Ok(w.begin_read(cx)?.db_size()),
+    pub fn db_size(&self, cx: &Cx) -> Result<u32> {
+        match &self.inner {
+            Inner::Hybrid(h) => Ok(h.newest().1),
+            Inner::FileLock(w) => Ok(w.lock().begin_read(cx)?.db_size()),
+            Inner::Exclusive(w) => Ok(w.lock().begin_read(cx)?.db_size()),
         }
     }
 
@@ -619,9 +652,9 @@ impl<V: Vfs> Coordinator<V> {
     /// `fsqlite_wal::Wal` connection that removes `-wal` and `-shm` when it is the last user.
     pub fn close(self, cx: &Cx) -> Result<()> {
         match self.inner {
-            Inner::Hybrid(h) => (*h).close(cx),
-            Inner::FileLock(w) => w.close(cx),
-            Inner::Exclusive(w) => w.close(cx),
+            Inner::Hybrid(h) => h.into_core().close(cx),
+            Inner::FileLock(w) => w.into_inner().close(cx),
+            Inner::Exclusive(w) => w.into_inner().close(cx),
         }
     }
 }
@@ -1032,36 +1065,21 @@ impl<V: Vfs> Hybrid<V> {
         Ok(())
     }
 
-    fn commit(&mut self, cx: &Cx, pages: &[(PageNumber, &[u8])], db_size: u32) -> Result<u32> {
+    /// Appends already-validated transactions as one group commit (see the module docs):
+    /// one run of writes ([`WalFile::append_commits`]), one sync per [`SyncMode`], every
+    /// frame (padding included) into the legacy hash tables, then one header publish.
+    /// Returns each transaction's commit frame. A failure after the append latches the
+    /// coordinator (it refuses further commits until reopened).
+    pub(crate) fn append_batch(
+        &mut self,
+        cx: &Cx,
+        txns: &[(&[(PageNumber, &[u8])], u32)],
+    ) -> Result<Vec<u32>> {
         cx.checkpoint()?;
         if let Some(first) = &self.latched {
             return Err(FrankenError::PreviousIo {
                 first: first.clone(),
             });
-        }
-        if db_size == 0 {
-            return Err(FrankenError::out_of_range(
-                "commit database size (pages)",
-                0,
-            ));
-        }
-        let ps = self.page_size.bytes();
-        let frames: Vec<(PageNumber, &[u8])> = pages
-            .iter()
-            .filter(|(p, _)| p.get() <= db_size)
-            .map(|&(p, d)| (p, d))
-            .collect();
-        if frames.is_empty() {
-            return Err(FrankenError::out_of_range(
-                "pages in a commit (a commit needs at least one page at or below its database size)",
-                0,
-            ));
-        }
-        if let Some((p, d)) = frames.iter().find(|(_, d)| d.len() != ps) {
-            return Err(FrankenError::out_of_range(
-                format!("page length for page {p} (page size {ps})"),
-                d.len(),
-            ));
         }
         let nth = self.commits + 1;
         let kill = self
@@ -1070,7 +1088,7 @@ impl<V: Vfs> Hybrid<V> {
             .filter(|k| k.commit == nth)
             .map(|k| k.point);
         let mut appended = false;
-        let r = self.commit_inner(cx, &frames, db_size, kill, &mut appended);
+        let r = self.append_batch_inner(cx, txns, kill, &mut appended);
         if let Err(e) = &r
             && (appended || !e.is_transient())
         {
@@ -1079,15 +1097,13 @@ impl<V: Vfs> Hybrid<V> {
         r
     }
 
-    fn commit_inner(
+    fn append_batch_inner(
         &mut self,
         cx: &Cx,
-        frames: &[(PageNumber, &[u8])],
-        db_size: u32,
+        txns: &[(&[(PageNumber, &[u8])], u32)],
         kill: Option<KillPoint>,
         appended: &mut bool,
-    ) -> Result<u32> {
-        self.maybe_restart(cx)?;
+    ) -> Result<Vec<u32>> {
         let hdr = self.state.legacy_hdr();
         if !self.wal.header_on_disk() {
             self.wal.ensure_header(cx)?;
@@ -1098,8 +1114,10 @@ impl<V: Vfs> Hybrid<V> {
         self.wal.rollback_uncommitted();
         debug_assert_eq!(self.wal.mx_frame(), hdr.mx_frame);
         let first = hdr.mx_frame + 1;
-        let last = self.wal.append_frames(cx, frames, Some(db_size))?;
+        let ends = self.wal.append_commits(cx, txns)?;
         *appended = true;
+        let last = self.wal.mx_frame();
+        let db_size = self.wal.n_page();
         if kill == Some(KillPoint::BeforeWalSync) {
             kill_self(KillPoint::BeforeWalSync);
         }
@@ -1109,17 +1127,29 @@ impl<V: Vfs> Hybrid<V> {
         if kill == Some(KillPoint::AfterWalSync) {
             kill_self(KillPoint::AfterWalSync);
         }
-        for (k, (page, _)) in frames.iter().enumerate() {
-            self.index
-                .append(cx, &mut self.db, first + k as u32, *page)?;
+        let mut frame = first;
+        let mut last_page = None;
+        for (frames, _) in txns {
+            for (page, _) in *frames {
+                self.index.append(cx, &mut self.db, frame, *page)?;
+                frame += 1;
+                last_page = Some(*page);
+            }
         }
-        // inv: HYB_PUBLISH_AFTER_INDEX — every frame of the commit is in the hash tables
+        // Padding frames (non-PSOW devices) repeat the last commit frame's page.
+        if let Some(page) = last_page {
+            while frame <= last {
+                self.index.append(cx, &mut self.db, frame, page)?;
+                frame += 1;
+            }
+        }
+        // inv: HYB_PUBLISH_AFTER_INDEX — every frame of the batch is in the hash tables
         // before the header that names it is published (loom: tests/loom_hybrid.rs).
         debug_assert!(
-            frames.last().is_none_or(|(page, _)| self
+            last_page.is_none_or(|page| self
                 .index
                 .frame_page(cx, &mut self.db, last)
-                .is_ok_and(|p| p == *page)),
+                .is_ok_and(|p| p == page)),
             "frame {last} is not indexed before the publish"
         );
         if kill == Some(KillPoint::AfterHash) {
@@ -1149,30 +1179,38 @@ impl<V: Vfs> Hybrid<V> {
         if n_backfill <= last {
             self.state.update_backfill(n_backfill)?;
         }
-        tracing::trace!(target: TRACE, mx_frame = last, pages = frames.len(), db_size, "committed and published");
-        Ok(last)
+        tracing::trace!(target: TRACE, mx_frame = last, transactions = txns.len(), db_size, "group commit published");
+        Ok(ends)
     }
 
     /// SQLite's `walRestartLog` for the coordinator: when a checkpointer has copied every
     /// frame into the database and no reader uses a read mark (READ_LOCK(1..5) exclusive),
     /// start a new WAL generation (salt-1 + 1, new salt-2) so the log does not grow forever.
-    fn maybe_restart(&mut self, cx: &Cx) -> Result<()> {
+    /// Returns whether the WAL was restarted; `on_restart` runs while every read mark is
+    /// still held exclusively (so no reader can begin on the old generation meanwhile).
+    pub(crate) fn maybe_restart(&mut self, cx: &Cx, on_restart: impl FnOnce()) -> Result<bool> {
+        if self.latched.is_some() {
+            return Ok(false);
+        }
         let mx = self.state.legacy_hdr().mx_frame;
         if mx == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let r0 = self.region0(cx)?;
         if r0.n_backfill() != mx {
-            return Ok(());
+            return Ok(false);
         }
         let readers = (WAL_READ_MARK_COUNT - 1) as u32;
         if !locks::try_exclusive(&mut self.db, cx, wal_read_lock(1), readers)? {
-            return Ok(());
+            return Ok(false);
         }
         let r = self.restart_locked(cx, &r0);
+        if r.is_ok() {
+            on_restart();
+        }
         let unlocked = locks::unlock_exclusive(&mut self.db, cx, wal_read_lock(1), readers);
         r?;
-        unlocked
+        unlocked.map(|()| true)
     }
 
     fn restart_locked(&mut self, cx: &Cx, r0: &ShmRegion) -> Result<()> {
@@ -1199,41 +1237,6 @@ impl<V: Vfs> Hybrid<V> {
         }
         tracing::debug!(target: TRACE, db = %self.db_path.display(), salt1 = salts[0], salt2 = salts[1], "restarted the WAL");
         Ok(())
-    }
-
-    fn read_page(&mut self, cx: &Cx, page: PageNumber, buf: &mut [u8]) -> Result<()> {
-        let ps = self.page_size.bytes();
-        if buf.len() != ps {
-            return Err(FrankenError::out_of_range(
-                format!("read buffer length (page size {ps})"),
-                buf.len(),
-            ));
-        }
-        let mx = self.state.legacy_hdr().mx_frame;
-        // Frames stay valid until a restart, which only this coordinator performs, so the
-        // newest frame <= mxFrame is always right (a legacy checkpoint may have copied it).
-        if let Some(frame) = self.index.find_frame(cx, &mut self.db, page, 1, mx)? {
-            let off = wal_frame_data_offset(frame, self.page_size.get());
-            if self.wal.file().read(cx, buf, off)? < buf.len() {
-                return Err(FrankenError::wal_corrupt(format!(
-                    "frame {frame} (page {page}) lies past the end of {}",
-                    self.wal_path.display()
-                )));
-            }
-            return Ok(());
-        }
-        self.db
-            .read(cx, buf, u64::from(page.get() - 1) * ps as u64)?;
-        Ok(())
-    }
-
-    fn db_size(&mut self, cx: &Cx) -> Result<u32> {
-        let hdr = self.state.legacy_hdr();
-        if hdr.mx_frame > 0 {
-            return Ok(hdr.n_page);
-        }
-        let bytes = self.db.file_size(cx)?;
-        Ok(u32::try_from(bytes / u64::from(self.page_size.get())).unwrap_or(u32::MAX))
     }
 
     fn close(mut self, cx: &Cx) -> Result<()> {

@@ -22,7 +22,9 @@
 //! ```
 
 pub mod compat;
+pub mod concurrent;
 pub mod coordinator;
+pub mod group_commit;
 pub mod heap_shm;
 pub mod lifecycle;
 
@@ -30,6 +32,7 @@ pub use compat::{
     CompatMode, CoordinatorProbeResult, HybridShmState, ReadLockOutcome, RecoveryPlan,
     ShmInspection, UpdatedLegacyShm, begin_concurrent_check, choose_reader_slot,
 };
+pub use concurrent::{ConcurrencyStats, ConcurrentTxn};
 pub use coordinator::{
     Coordinator, CoordinatorOptions, KILL_AT_ENV, KillAt, KillPoint, ProbeReport, Takeover,
 };

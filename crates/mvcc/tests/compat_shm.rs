@@ -158,7 +158,7 @@ fn takeover_clears_stale_marks_and_backfill() {
     let cx = Cx::new();
     let mut legacy = handle(&vfs);
     let r0 = region0(&mut legacy);
-    let mut coord = Coordinator::open(&cx, Arc::new(vfs.clone()), DB, common::options()).unwrap();
+    let coord = Coordinator::open(&cx, Arc::new(vfs.clone()), DB, common::options()).unwrap();
     assert_eq!(
         coord.mode(),
         CompatMode::HybridShm,
@@ -174,7 +174,7 @@ fn takeover_clears_stale_marks_and_backfill() {
     drop(coord);
     r0.set_read_mark(2, mx + 100);
     r0.set_n_backfill(mx + 1);
-    let mut coord = Coordinator::open(&cx, Arc::new(vfs.clone()), DB, common::options()).unwrap();
+    let coord = Coordinator::open(&cx, Arc::new(vfs.clone()), DB, common::options()).unwrap();
     let t = coord.takeover().unwrap().clone();
     assert!(t.previous_died);
     assert!(

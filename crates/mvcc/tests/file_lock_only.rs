@@ -86,11 +86,11 @@ fn run_file_lock_only<V: Vfs>(vfs: V, why: &str, opts: CoordinatorOptions) {
     }
     let mut shadow = Shadow::create_from(&db, &dir.path().join("shadow.db"));
     let cx = Cx::new();
-    let mut coord = Coordinator::open(&cx, Arc::new(vfs), &db, opts).unwrap();
+    let coord = Coordinator::open(&cx, Arc::new(vfs), &db, opts).unwrap();
     assert_eq!(coord.mode(), CompatMode::FileLockOnly, "{why}");
     eprintln!("{why}: {}", coord.mode_reason());
     assert!(coord.takeover().is_none() && coord.legacy_state().is_none());
-    let e = coord.begin_concurrent().unwrap_err();
+    let e = coord.begin_concurrent(&cx).unwrap_err();
     assert!(matches!(e, FrankenError::ConcurrentUnavailable), "{e:?}");
     assert_eq!(e.error_code(), ErrorCode::Error);
     assert_eq!(e.error_code() as i32, 1, "SQLITE_ERROR");
@@ -243,7 +243,7 @@ fn no_shared_memory_gives_exclusive_file_lock_only() {
     let db = make_db(dir.path(), "app.db");
     let mut shadow = Shadow::create_from(&db, &dir.path().join("shadow.db"));
     let cx = Cx::new();
-    let mut coord =
+    let coord =
         Coordinator::open(&cx, Arc::new(NoShmVfs(UnixVfs::new())), &db, options()).unwrap();
     assert_eq!(coord.mode(), CompatMode::FileLockOnly);
     assert!(
@@ -252,7 +252,7 @@ fn no_shared_memory_gives_exclusive_file_lock_only() {
         coord.mode_reason()
     );
     assert!(matches!(
-        coord.begin_concurrent(),
+        coord.begin_concurrent(&cx),
         Err(FrankenError::ConcurrentUnavailable)
     ));
     let mut reader = LiveSqlite::spawn(&db, LiveOptions::default()).unwrap();

@@ -80,11 +80,11 @@ fn run_child(seed: u64) {
         probe_timeout: Duration::from_secs(5),
         ..CoordinatorOptions::default()
     };
-    let mut coord = Coordinator::open(&cx, Arc::new(UnixVfs::from_env()), &db, opts).unwrap();
+    let coord = Coordinator::open(&cx, Arc::new(UnixVfs::from_env()), &db, opts).unwrap();
     assert_eq!(coord.mode(), CompatMode::HybridShm);
     for i in 1..=CHILD_COMMITS {
         let (changes, db_size) = shadow.apply(&txn_sql(seed, i));
-        commit_changes(&mut coord, &cx, &changes, db_size);
+        commit_changes(&coord, &cx, &changes, db_size);
         ack(i, digest_hash(shadow.digest())).unwrap();
     }
 }
@@ -174,7 +174,7 @@ fn scenario(kill: Kill, keep_reader: bool, seed: u64) -> Duration {
     // 3. The next opener detects the death, recovers and takes over.
     let cx = Cx::new();
     let t = Instant::now();
-    let mut coord = Coordinator::open(&cx, Arc::new(UnixVfs::new()), &db, options()).unwrap();
+    let coord = Coordinator::open(&cx, Arc::new(UnixVfs::new()), &db, options()).unwrap();
     let takeover_time = t.elapsed();
     let tk = coord.takeover().unwrap().clone();
     assert!(tk.previous_died, "{tk:?} {ctx}");
@@ -227,7 +227,7 @@ fn scenario(kill: Kill, keep_reader: bool, seed: u64) -> Duration {
         shadow.apply(&txn_sql(seed, i));
     }
     let (changes, db_size) = shadow.apply(&txn_sql(seed, k_rec + 1));
-    commit_changes(&mut coord, &cx, &changes, db_size);
+    commit_changes(&coord, &cx, &changes, db_size);
     assert_eq!(table_digest(&db, "t").unwrap(), shadow.digest(), "{ctx}");
     if let Some(r) = reader.as_mut() {
         let n = r.exec_ok("SELECT count(*) FROM t").unwrap()[0][0]

@@ -53,7 +53,7 @@ fn legacy_reader_sees_every_commit() {
     let db = make_db(dir.path(), "app.db");
     let mut shadow = Shadow::create_from(&db, &dir.path().join("shadow.db"));
     let cx = Cx::new();
-    let mut coord = open(&db, options()).unwrap();
+    let coord = open(&db, options()).unwrap();
     assert_eq!(
         coord.mode(),
         CompatMode::HybridShm,
@@ -70,7 +70,7 @@ fn legacy_reader_sees_every_commit() {
     for i in 1..=24u64 {
         let (changes, db_size) = shadow.apply(&txn_sql(7, i));
         let t = Instant::now();
-        let mx = commit_changes(&mut coord, &cx, &changes, db_size);
+        let mx = commit_changes(&coord, &cx, &changes, db_size);
         commit_times.push(t.elapsed());
         // The legacy reader sees this commit at once.
         assert_eq!(
@@ -130,7 +130,7 @@ fn legacy_writer_busy_for_coordinator_life() {
     let db = make_db(dir.path(), "app.db");
     let mut shadow = Shadow::create_from(&db, &dir.path().join("shadow.db"));
     let cx = Cx::new();
-    let mut coord = open(&db, options()).unwrap();
+    let coord = open(&db, options()).unwrap();
     let mut writer = live(&db, Duration::ZERO);
     let opened = Instant::now();
     for i in 1..=6u64 {
@@ -151,7 +151,7 @@ fn legacy_writer_busy_for_coordinator_life() {
         // The same writer can read, and sees our commits.
         assert_eq!(count_and_bytes(&mut writer), shadow.count_and_bytes());
         let (changes, db_size) = shadow.apply(&txn_sql(11, i));
-        commit_changes(&mut coord, &cx, &changes, db_size);
+        commit_changes(&coord, &cx, &changes, db_size);
         std::thread::sleep(Duration::from_millis(40));
     }
     // The sqlite3 shell cannot write either.
@@ -240,11 +240,11 @@ fn legacy_checkpoint_then_restart() {
     let db = make_db(dir.path(), "app.db");
     let mut shadow = Shadow::create_from(&db, &dir.path().join("shadow.db"));
     let cx = Cx::new();
-    let mut coord = open(&db, options()).unwrap();
+    let coord = open(&db, options()).unwrap();
     let mut reader = live(&db, Duration::from_secs(2));
     for i in 1..=5u64 {
         let (changes, db_size) = shadow.apply(&txn_sql(3, i));
-        commit_changes(&mut coord, &cx, &changes, db_size);
+        commit_changes(&coord, &cx, &changes, db_size);
     }
     let before = coord.legacy_state().unwrap().legacy_hdr();
     // A legacy PASSIVE checkpoint copies every frame (FULL/RESTART/TRUNCATE would need
@@ -266,7 +266,7 @@ fn legacy_checkpoint_then_restart() {
         "TRUNCATE needs the write lock: busy"
     );
     let (changes, db_size) = shadow.apply(&txn_sql(3, 6));
-    let mx = commit_changes(&mut coord, &cx, &changes, db_size);
+    let mx = commit_changes(&coord, &cx, &changes, db_size);
     let after = coord.legacy_state().unwrap().legacy_hdr();
     assert_eq!(
         mx as usize,
@@ -278,7 +278,7 @@ fn legacy_checkpoint_then_restart() {
     assert_eq!(count_and_bytes(&mut reader), shadow.count_and_bytes());
     for i in 7..=9u64 {
         let (changes, db_size) = shadow.apply(&txn_sql(3, i));
-        commit_changes(&mut coord, &cx, &changes, db_size);
+        commit_changes(&coord, &cx, &changes, db_size);
         assert_eq!(count_and_bytes(&mut reader), shadow.count_and_bytes());
     }
     let ic = reader.exec_ok("PRAGMA integrity_check").unwrap();
@@ -295,14 +295,14 @@ fn dropped_coordinator_is_detected_and_replaced() {
     let db = make_db(dir.path(), "app.db");
     let mut shadow = Shadow::create_from(&db, &dir.path().join("shadow.db"));
     let cx = Cx::new();
-    let mut coord = Coordinator::open(&cx, Arc::new(UnixVfs::new()), &db, options()).unwrap();
+    let coord = Coordinator::open(&cx, Arc::new(UnixVfs::new()), &db, options()).unwrap();
     for i in 1..=3u64 {
         let (changes, db_size) = shadow.apply(&txn_sql(5, i));
-        commit_changes(&mut coord, &cx, &changes, db_size);
+        commit_changes(&coord, &cx, &changes, db_size);
     }
     let generation = coord.record().unwrap().generation;
     drop(coord);
-    let mut coord = open(&db, options()).unwrap();
+    let coord = open(&db, options()).unwrap();
     let t = coord.takeover().unwrap().clone();
     assert!(t.previous_died, "{t:?}");
     assert_eq!(t.previous.unwrap().generation, generation);
@@ -315,7 +315,7 @@ fn dropped_coordinator_is_detected_and_replaced() {
         .unwrap();
     assert_eq!(&buf[..16], b"SQLite format 3\0");
     let (changes, db_size) = shadow.apply(&txn_sql(5, 4));
-    commit_changes(&mut coord, &cx, &changes, db_size);
+    commit_changes(&coord, &cx, &changes, db_size);
     assert_eq!(table_digest(&db, "t").unwrap(), shadow.digest());
     coord.close(&cx).unwrap();
     assert_eq!(integrity_check(&db).unwrap(), "ok");
@@ -328,12 +328,12 @@ fn legacy_reader_with_64k_pages() {
     let db = common::make_db_with(dir.path(), "big.db", 65536);
     let mut shadow = Shadow::create_from(&db, &dir.path().join("shadow.db"));
     let cx = Cx::new();
-    let mut coord = open(&db, options()).unwrap();
+    let coord = open(&db, options()).unwrap();
     assert_eq!(coord.page_size(), 65536);
     let mut reader = live(&db, Duration::from_secs(2));
     for i in 1..=4u64 {
         let (changes, db_size) = shadow.apply(&txn_sql(13, i));
-        commit_changes(&mut coord, &cx, &changes, db_size);
+        commit_changes(&coord, &cx, &changes, db_size);
         assert_eq!(count_and_bytes(&mut reader), shadow.count_and_bytes());
     }
     let shm = read_shm_header(&read_file(&shm_path(&db)).unwrap()).unwrap();

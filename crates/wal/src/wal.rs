@@ -728,48 +728,14 @@ impl<F: VfsFile> WalFile<F> {
             self.header_unsynced = false;
         }
 
-        let be = h.big_endian_checksum();
-        let fsz = page_size + WAL_FRAME_HEADER_SIZE;
-        let per_write = (APPEND_CHUNK_BYTES / fsz).max(1);
-        let mut running = self.last_checksum;
-        let mut next = self.last_frame + 1;
-        let mut buf = std::mem::take(&mut self.buf);
         let last_index = frames.len() - 1;
-        let mut result = Ok(());
-        for (batch_no, batch) in frames.chunks(per_write).enumerate() {
-            buf.clear();
-            buf.reserve(batch.len() * fsz);
-            for (k, (page, data)) in batch.iter().enumerate() {
-                let index = batch_no * per_write + k;
-                let db_size = if index == last_index {
-                    commit_db_size.unwrap_or(0)
-                } else {
-                    0
-                };
-                running = frame_checksum(running, page.get(), db_size, data, be);
-                let fh = FrameHeader {
-                    page_number: page.get(),
-                    db_size_after_commit: db_size,
-                    salt: h.salt,
-                    checksum: running,
-                };
-                buf.extend_from_slice(&fh.encode());
-                buf.extend_from_slice(data);
-            }
-            let offset = frame_offset(next, h.page_size);
-            result = cx
-                .checkpoint()
-                .and_then(|()| self.guarded(|w| w.file.write(cx, &buf, offset)));
-            if result.is_err() {
-                break;
-            }
-            next += batch.len() as u32;
-        }
-        self.buf = buf;
-        result?;
-        debug_assert_eq!(next - 1, count);
-        self.last_frame = count;
-        self.last_checksum = running;
+        let marker = commit_db_size.unwrap_or(0);
+        self.write_run(cx, &h, frames.len(), |index| {
+            let (page, data) = frames[index];
+            (page, data, if index == last_index { marker } else { 0 })
+        })?;
+        debug_assert_eq!(self.last_frame, count);
+        let running = self.last_checksum;
         if let Some(db_size) = commit_db_size {
             let (page, data) = frames[last_index];
             let (last, running) =
@@ -790,6 +756,151 @@ impl<F: VfsFile> WalFile<F> {
             "appended frames"
         );
         Ok(self.last_frame)
+    }
+
+    /// Writes `n` frames after `last_frame` (frame `k` is `at(k)`: page, data, commit
+    /// marker), one `write` per [`APPEND_CHUNK_BYTES`], chaining the checksums; on success
+    /// `last_frame` and `last_checksum` move past them. No sync, no `mx_frame` change.
+    fn write_run<'d>(
+        &mut self,
+        cx: &Cx,
+        h: &WalHeader,
+        n: usize,
+        at: impl Fn(usize) -> (PageNumber, &'d [u8], u32),
+    ) -> Result<()> {
+        let be = h.big_endian_checksum();
+        let fsz = h.page_size as usize + WAL_FRAME_HEADER_SIZE;
+        let per_write = (APPEND_CHUNK_BYTES / fsz).max(1);
+        let mut running = self.last_checksum;
+        let mut next = self.last_frame + 1;
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut result = Ok(());
+        let mut start = 0;
+        while start < n {
+            let end = (start + per_write).min(n);
+            buf.clear();
+            buf.reserve((end - start) * fsz);
+            for index in start..end {
+                let (page, data, db_size) = at(index);
+                running = frame_checksum(running, page.get(), db_size, data, be);
+                let fh = FrameHeader {
+                    page_number: page.get(),
+                    db_size_after_commit: db_size,
+                    salt: h.salt,
+                    checksum: running,
+                };
+                buf.extend_from_slice(&fh.encode());
+                buf.extend_from_slice(data);
+            }
+            let offset = frame_offset(next, h.page_size);
+            result = cx
+                .checkpoint()
+                .and_then(|()| self.guarded(|w| w.file.write(cx, &buf, offset)));
+            if result.is_err() {
+                break;
+            }
+            next += (end - start) as u32;
+            start = end;
+        }
+        self.buf = buf;
+        result?;
+        self.last_frame = next - 1;
+        self.last_checksum = running;
+        Ok(())
+    }
+
+    /// Group commit: appends several transactions after `mx_frame` in one run of writes
+    /// (one `write` per [`APPEND_CHUNK_BYTES`]), each `(frames, db_size)` ending in its own
+    /// commit frame, so a crash keeps or drops each one whole and in order. Pads the
+    /// last one to a sector boundary where the device needs it, then syncs once per the
+    /// sync mode. Returns each transaction's commit frame. Every transaction needs at
+    /// least one frame and a database size of at least 1.
+    pub fn append_commits(
+        &mut self,
+        cx: &Cx,
+        txns: &[(&[(PageNumber, &[u8])], u32)],
+    ) -> Result<Vec<u32>> {
+        let Some(h) = self.header else {
+            return Err(self.no_header_error());
+        };
+        let page_size = h.page_size as usize;
+        let mut flat: Vec<(PageNumber, &[u8], u32)> = Vec::new();
+        let mut ends = Vec::with_capacity(txns.len());
+        for (frames, db_size) in txns {
+            if *db_size == 0 {
+                return Err(FrankenError::out_of_range(
+                    "commit database size (must be at least 1 page)",
+                    0,
+                ));
+            }
+            if frames.is_empty() {
+                return Err(FrankenError::internal(format!(
+                    "a commit to {} needs at least one frame to carry the commit marker",
+                    self.label()
+                )));
+            }
+            if let Some((page, data)) = frames.iter().find(|(_, d)| d.len() != page_size) {
+                return Err(FrankenError::out_of_range(
+                    format!(
+                        "page data length for page {page} in {} (page size {page_size})",
+                        self.label()
+                    ),
+                    data.len(),
+                ));
+            }
+            let last = frames.len() - 1;
+            flat.extend(frames.iter().enumerate().map(|(k, &(p, d))| {
+                (p, d, if k == last { *db_size } else { 0 })
+            }));
+            ends.push(self.mx_frame as usize + flat.len());
+        }
+        let Some(&(last_page, last_data, last_size)) = flat.last() else {
+            return Ok(Vec::new());
+        };
+        u32::try_from(self.mx_frame as usize + flat.len()).map_err(|_| {
+            FrankenError::out_of_range(
+                format!("frame count of {} (max {})", self.label(), u32::MAX),
+                flat.len(),
+            )
+        })?;
+        if let Some(first) = &self.failed {
+            return Err(FrankenError::PreviousIo {
+                first: first.clone(),
+            });
+        }
+        self.rollback_uncommitted();
+        self.ensure_header(cx)?;
+        if self.header_unsynced {
+            if self.sync_mode.syncs_header() {
+                self.fsync(cx)?;
+            }
+            self.header_unsynced = false;
+        }
+        self.write_run(cx, &h, flat.len(), |k| flat[k])?;
+        let (last, running) = self.pad_to_sector(
+            cx,
+            &h,
+            self.last_frame,
+            self.last_checksum,
+            last_page,
+            last_data,
+            last_size,
+        )?;
+        self.last_frame = last;
+        self.last_checksum = running;
+        self.mx_frame = last;
+        self.n_page = last_size;
+        self.frame_checksum = running;
+        self.sync(cx, self.sync_mode)?;
+        tracing::trace!(
+            target: "fsqlite.wal.write",
+            wal = %self.label(),
+            transactions = txns.len(),
+            frames = flat.len(),
+            last_frame = self.last_frame,
+            "appended a group commit"
+        );
+        Ok(ends.into_iter().map(|e| e as u32).collect())
     }
 
     /// SQLite's padding frames (FORMAT.md §9): on a device without power-safe overwrite,

@@ -154,7 +154,7 @@ impl Shadow {
 
 /// Commits a shadow's changes through the coordinator.
 pub fn commit_changes(
-    coord: &mut Coordinator<UnixVfs>,
+    coord: &Coordinator<UnixVfs>,
     cx: &Cx,
     changes: &[(PageNumber, Vec<u8>)],
     db_size: u32,

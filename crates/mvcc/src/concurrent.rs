@@ -1,0 +1,889 @@
+//! `BEGIN CONCURRENT`: many write transactions of one process at once, with page-level
+//! versioning on the WAL and group commit.
+//!
+//! ```text
+//! begin     snapshot := (newest published mxFrame, its database size, WAL generation);
+//!           a read mark <= snapshot is held on the reader handle (a second descriptor of
+//!           the database, so its locks are seen by everyone, this coordinator included);
+//!           in-process transactions share the five slots by reference count
+//! read      own write set, else the newest frame <= snapshot of the page (the version
+//!           map), else the database file; the page joins the read set
+//! write     into the private write set (bounded: CoordinatorOptions::max_txn_pages)
+//! commit    queue for the group commit; the leader, under the coordinator's core lock:
+//!   1 validate each queued transaction in ticket order: no page of its read set or
+//!     write set has a frame newer than its snapshot (frames of transactions accepted
+//!     earlier in the same batch count), and the database size rule; a loser gets
+//!     SQLITE_BUSY_SNAPSHOT (517) naming the page and the frame, and writes nothing
+//!   2 release the batch's read marks (validation needed them no longer), restart the
+//!     WAL if a checkpointer backfilled everything and no reader remains
+//!   3 append every accepted transaction in one run of writes, each ending in its own
+//!     commit frame; one sync per SyncMode; index every frame in the legacy hash tables;
+//!     publish the header once (both copies)
+//!   4 only then extend the version map and the published snapshot, and wake the waiters
+//! ```
+//!
+//! # Why a version map beside the `-shm` hash tables
+//!
+//! The WAL is the only version store: the map holds frame *numbers*, never page images.
+//! For each page it lists the frames of the current WAL generation that hold it, in
+//! order, so a snapshot read is a binary search and validation looks at the last entry,
+//! without mapping `-shm` regions or taking the core lock (readers and validation never
+//! wait for a batch's fsync). The coordinator is the only writer while it holds
+//! `WAL_WRITE_LOCK`, so the map is exact: it is filled from the `-shm` page-number arrays
+//! at takeover and extended by every batch, and cleared when the coordinator restarts the
+//! WAL (which needs every read mark free, so no live snapshot spans a restart).
+//!
+//! # Why reads never see a later commit
+//!
+//! Frames are immutable until a WAL restart, and a restart needs `WAL_READ_LOCK(1..5)`
+//! exclusively, which the reader handle's shared locks forbid. A page with no frame
+//! `<= snapshot` is read from the database file; a checkpointer (a legacy SQLite process)
+//! copies only frames `<=` the smallest read mark it cannot take, and the transaction's
+//! mark is `<=` its snapshot, so it never copies a newer version of such a page.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fsqlite_error::{FrankenError, Result};
+use fsqlite_types::{Cx, PageNumber, PageSize, VfsOpenFlags};
+use fsqlite_vfs::{ShmRegion, Vfs, VfsFile, wal_read_lock};
+use fsqlite_wal::checkpoint_executor::wal_frame_data_offset;
+use fsqlite_wal::locks;
+use fsqlite_wal::wal_index::{HeaderMemory, WAL_READ_MARK_COUNT, WALINDEX_PGSZ};
+use parking_lot::{Mutex, RwLock};
+
+use crate::compat::HybridShmState;
+use crate::coordinator::{Hybrid, Takeover};
+use crate::group_commit::GroupCommit;
+use crate::lifecycle::CoordinatorRecord;
+
+const TRACE: &str = "fsqlite.mvcc.concurrent";
+
+/// Counters of the concurrent-writer machinery ([`crate::Coordinator::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConcurrencyStats {
+    /// Transactions committed (concurrent and blind; read-only ones included).
+    pub commits: u64,
+    /// Transactions refused with SQLITE_BUSY_SNAPSHOT.
+    pub conflicts: u64,
+    /// Group-commit batches that wrote to the WAL.
+    pub batches: u64,
+    /// WAL syncs made by those batches (one per batch under `SyncMode::Full`).
+    pub wal_syncs: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    conflicts: AtomicU64,
+    batches: AtomicU64,
+    wal_syncs: AtomicU64,
+}
+
+/// The published state and, per page, the frames of the current WAL generation.
+#[derive(Debug, Default)]
+struct Versions {
+    /// Newest published commit frame (the snapshot a new transaction takes).
+    mx: u32,
+    /// Database size after it.
+    n_page: u32,
+    /// WAL generation (bumped by every restart).
+    generation: u64,
+    /// Page -> frames holding it, ascending, all `<= mx`.
+    frames: HashMap<u32, Vec<u32>>,
+    /// Commit frames (ascending) after which the database size changed.
+    size_changes: Vec<u32>,
+}
+
+impl Versions {
+    fn newest_at_or_below(&self, page: u32, snapshot: u32) -> Option<u32> {
+        let list = self.frames.get(&page)?;
+        let n = list.partition_point(|&f| f <= snapshot);
+        n.checked_sub(1).map(|k| list[k])
+    }
+
+    fn newest(&self, page: u32) -> Option<u32> {
+        self.frames.get(&page).and_then(|l| l.last().copied())
+    }
+}
+
+/// A snapshot: what a transaction reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Snapshot {
+    frame: u32,
+    db_size: u32,
+    generation: u64,
+}
+
+/// Read-mark slots held on the reader handle, shared by reference count.
+struct ReadSlots<F> {
+    file: F,
+    region0: Option<ShmRegion>,
+    /// `(mark, references)` per slot (slot 0 is never used).
+    held: [(u32, u32); WAL_READ_MARK_COUNT],
+}
+
+/// The hybrid coordinator shared by threads (see the module docs).
+pub(crate) struct HybridShared<V: Vfs> {
+    core: Mutex<Hybrid<V>>,
+    slots: Mutex<ReadSlots<V::File>>,
+    versions: RwLock<Versions>,
+    wal_reader: V::File,
+    db_reader: V::File,
+    wal_path: PathBuf,
+    group: GroupCommit<Request, Result<u32>>,
+    counters: Counters,
+    pub(crate) page_size: PageSize,
+    pub(crate) takeover: Takeover,
+    pub(crate) record: CoordinatorRecord,
+    max_txn_pages: usize,
+    max_read_set: usize,
+}
+
+/// What a transaction hands to the group commit.
+struct Request {
+    /// `None` for a blind write ([`crate::Coordinator::commit`]).
+    snapshot: Option<Snapshot>,
+    reads: HashSet<u32>,
+    read_all: bool,
+    writes: BTreeMap<u32, Box<[u8]>>,
+    db_size: u32,
+    /// The read-mark slot to release once validated.
+    slot: Option<usize>,
+}
+
+/// A validated transaction's frames.
+struct Accepted<'a> {
+    index: usize,
+    frames: Vec<(PageNumber, &'a [u8])>,
+    db_size: u32,
+}
+
+impl<V: Vfs> HybridShared<V> {
+    /// Wraps a coordinator that has taken over: opens the reader handles and fills the
+    /// version map from the `-shm` page-number arrays.
+    pub(crate) fn new(cx: &Cx, mut core: Hybrid<V>) -> Result<Self> {
+        let ro = VfsOpenFlags::READWRITE;
+        let (wal_reader, _) = core.vfs.open(
+            cx,
+            Some(&core.wal_path),
+            VfsOpenFlags::READWRITE | VfsOpenFlags::WAL,
+        )?;
+        let (db_reader, _) = core
+            .vfs
+            .open(cx, Some(&core.db_path), ro | VfsOpenFlags::MAIN_DB)?;
+        let (lock_file, _) = core
+            .vfs
+            .open(cx, Some(&core.db_path), ro | VfsOpenFlags::MAIN_DB)?;
+        let hdr = core.state.legacy_hdr();
+        let mut versions = Versions {
+            mx: hdr.mx_frame,
+            generation: 0,
+            ..Versions::default()
+        };
+        versions.n_page = if hdr.mx_frame > 0 {
+            hdr.n_page
+        } else {
+            let bytes = core.db.file_size(cx)?;
+            u32::try_from(bytes / u64::from(core.page_size.get())).unwrap_or(u32::MAX)
+        };
+        for frame in 1..=hdr.mx_frame {
+            if frame % 4096 == 0 {
+                cx.checkpoint()?;
+            }
+            let page = core.index.frame_page(cx, &mut core.db, frame)?;
+            versions.frames.entry(page.get()).or_default().push(frame);
+        }
+        let page_size = core.page_size;
+        let takeover = core.takeover.clone();
+        let record = core.record;
+        let max_txn_pages = core.options.max_txn_pages.max(1);
+        let max_read_set = core.options.max_read_set.max(1);
+        let wal_path = core.wal_path.clone();
+        Ok(Self {
+            core: Mutex::new(core),
+            slots: Mutex::new(ReadSlots {
+                file: lock_file,
+                region0: None,
+                held: [(0, 0); WAL_READ_MARK_COUNT],
+            }),
+            versions: RwLock::new(versions),
+            wal_reader,
+            db_reader,
+            wal_path,
+            group: GroupCommit::new(),
+            counters: Counters::default(),
+            page_size,
+            takeover,
+            record,
+            max_txn_pages,
+            max_read_set,
+        })
+    }
+
+    /// The core, for close (no transaction can be open: they borrow the coordinator).
+    pub(crate) fn into_core(self) -> Hybrid<V> {
+        let Self {
+            core, mut slots, ..
+        } = self;
+        let slots = slots.get_mut();
+        let cx = Cx::new();
+        for slot in 1..WAL_READ_MARK_COUNT {
+            if slots.held[slot].1 > 0 {
+                let _ = locks::unlock_shared(&mut slots.file, &cx, wal_read_lock(slot as u32));
+            }
+        }
+        let _ = slots.file.shm_unmap(&cx, false);
+        core.into_inner()
+    }
+
+    pub(crate) fn stats(&self) -> ConcurrencyStats {
+        ConcurrencyStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            conflicts: self.counters.conflicts.load(Ordering::Relaxed),
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            wal_syncs: self.counters.wal_syncs.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn legacy_state(&self) -> HybridShmState {
+        self.core.lock().state.clone()
+    }
+
+    /// `(mxFrame, database size)` of the newest published commit.
+    pub(crate) fn newest(&self) -> (u32, u32) {
+        let v = self.versions.read();
+        (v.mx, v.n_page)
+    }
+
+    pub(crate) fn begin(&self, cx: &Cx) -> Result<ConcurrentTxn<'_, V>> {
+        let (snapshot, slot) = self.acquire_snapshot(cx)?;
+        tracing::trace!(target: TRACE, snapshot = snapshot.frame, slot, "begin concurrent");
+        Ok(ConcurrentTxn {
+            shared: self,
+            snapshot,
+            slot,
+            reads: HashSet::new(),
+            read_all: false,
+            writes: BTreeMap::new(),
+            done: false,
+        })
+    }
+
+    /// A snapshot of the newest commit and a read-mark slot that protects it (see the
+    /// module docs), following SQLite's rule: lock first, then check that the snapshot
+    /// is still the newest, else retry.
+    fn acquire_snapshot(&self, cx: &Cx) -> Result<(Snapshot, usize)> {
+        let busy_timeout = self.core_busy_timeout();
+        let start = std::time::Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            cx.checkpoint()?;
+            if let Some(got) = self.try_acquire_snapshot(cx)? {
+                return Ok(got);
+            }
+            attempt += 1;
+            if start.elapsed() >= busy_timeout {
+                tracing::debug!(target: TRACE, attempt, "no read mark could be had");
+                return Err(FrankenError::Busy);
+            }
+            std::thread::sleep(Duration::from_micros(u64::from(attempt.min(100)) * 20));
+        }
+    }
+
+    fn core_busy_timeout(&self) -> Duration {
+        self.core.lock().options.busy_timeout
+    }
+
+    fn current(&self) -> Snapshot {
+        let v = self.versions.read();
+        Snapshot {
+            frame: v.mx,
+            db_size: v.n_page,
+            generation: v.generation,
+        }
+    }
+
+    fn try_acquire_snapshot(&self, cx: &Cx) -> Result<Option<(Snapshot, usize)>> {
+        let mut guard = self.slots.lock();
+        let slots = &mut *guard;
+        let snap = self.current();
+        // 1. join an in-process slot whose mark is this snapshot
+        if let Some(i) =
+            (1..WAL_READ_MARK_COUNT).find(|&i| slots.held[i].1 > 0 && slots.held[i].0 == snap.frame)
+        {
+            slots.held[i].1 += 1;
+            return Ok(Some((snap, i)));
+        }
+        if slots.region0.is_none() {
+            slots.region0 = slots.file.shm_map(cx, 0, WALINDEX_PGSZ as u32, false)?;
+        }
+        let Some(r0) = slots.region0.clone() else {
+            return Err(FrankenError::internal(
+                "WAL-index region 0 is not mapped although the coordinator holds it",
+            ));
+        };
+        // 2. claim a slot nobody holds: mark := snapshot
+        for i in 1..WAL_READ_MARK_COUNT {
+            if slots.held[i].1 > 0 {
+                continue;
+            }
+            let lock = wal_read_lock(i as u32);
+            if !locks::try_exclusive(&mut slots.file, cx, lock, 1)? {
+                continue;
+            }
+            r0.set_read_mark(i, snap.frame);
+            match slots.file.shm_downgrade(cx, lock) {
+                Ok(()) => {}
+                Err(FrankenError::Busy) => {
+                    locks::unlock_exclusive(&mut slots.file, cx, lock, 1)?;
+                    if !locks::try_shared(&mut slots.file, cx, lock)? {
+                        continue;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            r0.barrier();
+            if r0.read_mark(i) != snap.frame || self.current() != snap {
+                locks::unlock_shared(&mut slots.file, cx, lock)?;
+                return Ok(None);
+            }
+            slots.held[i] = (snap.frame, 1);
+            return Ok(Some((snap, i)));
+        }
+        // 3. join the in-process slot with the newest mark (<= the snapshot: marks are
+        //    published frames of this generation, which cannot change while held)
+        if let Some(i) = (1..WAL_READ_MARK_COUNT)
+            .filter(|&i| slots.held[i].1 > 0 && slots.held[i].0 <= snap.frame)
+            .max_by_key(|&i| slots.held[i].0)
+        {
+            slots.held[i].1 += 1;
+            return Ok(Some((snap, i)));
+        }
+        // 4. share a slot another process holds with a mark <= the snapshot
+        for i in 1..WAL_READ_MARK_COUNT {
+            let m = r0.read_mark(i);
+            if m > snap.frame {
+                continue;
+            }
+            let lock = wal_read_lock(i as u32);
+            if !locks::try_shared(&mut slots.file, cx, lock)? {
+                continue;
+            }
+            r0.barrier();
+            if r0.read_mark(i) != m || self.current() != snap {
+                locks::unlock_shared(&mut slots.file, cx, lock)?;
+                return Ok(None);
+            }
+            slots.held[i] = (m, 1);
+            return Ok(Some((snap, i)));
+        }
+        Ok(None)
+    }
+
+    fn release_slot(&self, slot: usize) {
+        let mut guard = self.slots.lock();
+        let slots = &mut *guard;
+        let held = &mut slots.held[slot];
+        debug_assert!(held.1 > 0, "read-mark slot {slot} released more often than taken");
+        held.1 = held.1.saturating_sub(1);
+        if held.1 == 0 {
+            let cx = Cx::new();
+            if let Err(e) = locks::unlock_shared(&mut slots.file, &cx, wal_read_lock(slot as u32))
+            {
+                tracing::warn!(target: TRACE, slot, error = %e, "releasing a read mark failed");
+            }
+        }
+    }
+
+    fn check_buf(&self, len: usize, what: &str) -> Result<()> {
+        let ps = self.page_size.bytes();
+        if len == ps {
+            Ok(())
+        } else {
+            Err(FrankenError::out_of_range(
+                format!("{what} length (page size {ps})"),
+                len,
+            ))
+        }
+    }
+
+    /// Reads `page` as of `snapshot` (caller holds a read mark <= it).
+    fn read_at(&self, cx: &Cx, snapshot: Snapshot, page: PageNumber, buf: &mut [u8]) -> Result<()> {
+        self.check_buf(buf.len(), "read buffer")?;
+        cx.checkpoint()?;
+        let frame = {
+            let v = self.versions.read();
+            debug_assert_eq!(v.generation, snapshot.generation, "a restart under a live snapshot");
+            v.newest_at_or_below(page.get(), snapshot.frame)
+        };
+        if let Some(frame) = frame {
+            let off = wal_frame_data_offset(frame, self.page_size.get());
+            if self.wal_reader.read(cx, buf, off)? < buf.len() {
+                return Err(FrankenError::wal_corrupt(format!(
+                    "frame {frame} (page {page}) lies past the end of {}",
+                    self.wal_path.display()
+                )));
+            }
+            return Ok(());
+        }
+        // Past the end of the file reads as zeros (VfsFile::read zero-fills).
+        self.db_reader
+            .read(cx, buf, u64::from(page.get() - 1) * self.page_size.bytes() as u64)?;
+        Ok(())
+    }
+
+    pub(crate) fn read_newest(&self, cx: &Cx, page: PageNumber, buf: &mut [u8]) -> Result<()> {
+        self.check_buf(buf.len(), "read buffer")?;
+        let (snapshot, slot) = self.acquire_snapshot(cx)?;
+        let r = self.read_at(cx, snapshot, page, buf);
+        self.release_slot(slot);
+        r
+    }
+
+    pub(crate) fn commit_blind(
+        &self,
+        cx: &Cx,
+        pages: &[(PageNumber, &[u8])],
+        db_size: u32,
+    ) -> Result<u32> {
+        cx.checkpoint()?;
+        if db_size == 0 {
+            return Err(FrankenError::out_of_range(
+                "commit database size (pages)",
+                0,
+            ));
+        }
+        let mut writes = BTreeMap::new();
+        for (p, d) in pages {
+            self.check_buf(d.len(), &format!("page {p}"))?;
+            writes.insert(p.get(), Box::<[u8]>::from(*d));
+        }
+        if !writes.keys().any(|&p| p <= db_size) {
+            return Err(FrankenError::out_of_range(
+                "pages in a commit (a commit needs at least one page at or below its database size)",
+                0,
+            ));
+        }
+        self.submit(Request {
+            snapshot: None,
+            reads: HashSet::new(),
+            read_all: false,
+            writes,
+            db_size,
+            slot: None,
+        })
+    }
+
+    fn submit(&self, req: Request) -> Result<u32> {
+        self.group
+            .submit(req, |batch| self.run_batch(batch))
+            .unwrap_or_else(|| {
+                Err(FrankenError::internal(
+                    "the group-commit leader of this transaction's batch panicked; the \
+                     transaction may or may not be durable (reopen to find out)",
+                ))
+            })
+    }
+
+    /// The leader's work for one batch (see the module docs, steps 1-4).
+    fn run_batch(&self, batch: Vec<Request>) -> Vec<Result<u32>> {
+        let cx = Cx::new();
+        let mut results: Vec<Option<Result<u32>>> = (0..batch.len()).map(|_| None).collect();
+        let mut core = self.core.lock();
+        let mut accepted: Vec<Accepted<'_>> = Vec::new();
+        {
+            let v = self.versions.read();
+            let mut batch_writes: HashMap<u32, u32> = HashMap::new();
+            let mut batch_size_change: Option<u32> = None;
+            let mut next_frame = v.mx;
+            let mut cur_n = v.n_page;
+            for (index, req) in batch.iter().enumerate() {
+                match validate(&v, req, &batch_writes, batch_size_change, cur_n) {
+                    Ok((frames, db_size)) if frames.is_empty() => {
+                        // Read-only: serialized at its snapshot, nothing to write.
+                        debug_assert_eq!(db_size, cur_n);
+                        results[index] = Some(Ok(next_frame));
+                    }
+                    Ok((frames, db_size)) => {
+                        let commit_frame = next_frame + frames.len() as u32;
+                        for (p, _) in &frames {
+                            batch_writes.insert(p.get(), commit_frame);
+                        }
+                        if db_size != cur_n {
+                            batch_size_change = Some(commit_frame);
+                        }
+                        cur_n = db_size;
+                        next_frame = commit_frame;
+                        accepted.push(Accepted {
+                            index,
+                            frames,
+                            db_size,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!(target: TRACE, error = %e, "concurrent transaction refused");
+                        results[index] = Some(Err(e));
+                    }
+                }
+            }
+        }
+        for req in &batch {
+            if let Some(slot) = req.slot {
+                self.release_slot(slot);
+            }
+        }
+        let mut restarted = false;
+        if !accepted.is_empty() {
+            let r = core.maybe_restart(&cx, || {
+                let mut v = self.versions.write();
+                v.generation += 1;
+                v.mx = 0;
+                v.frames.clear();
+                v.size_changes.clear();
+                restarted = true;
+            });
+            if let Err(e) = r {
+                tracing::warn!(target: TRACE, error = %e, "WAL restart failed; appending to the current WAL");
+            }
+            let txns: Vec<(&[(PageNumber, &[u8])], u32)> = accepted
+                .iter()
+                .map(|a| (a.frames.as_slice(), a.db_size))
+                .collect();
+            let first = core.state.legacy_hdr().mx_frame + 1;
+            match core.append_batch(&cx, &txns) {
+                Ok(ends) => {
+                    let last = core.state.legacy_hdr().mx_frame;
+                    let n_page = core.state.legacy_hdr().n_page;
+                    let syncs = u64::from(core.options.sync.syncs_on_commit());
+                    drop(core);
+                    let mut v = self.versions.write();
+                    let mut frame = first;
+                    let mut prev_n = v.n_page;
+                    for (a, &end) in accepted.iter().zip(&ends) {
+                        for (p, _) in &a.frames {
+                            v.frames.entry(p.get()).or_default().push(frame);
+                            frame += 1;
+                        }
+                        if a.db_size != prev_n {
+                            v.size_changes.push(end);
+                        }
+                        prev_n = a.db_size;
+                        results[a.index] = Some(Ok(end));
+                    }
+                    // Padding frames repeat the last page; reads find the same image at
+                    // the commit frame, so they need no map entry.
+                    v.mx = last;
+                    v.n_page = n_page;
+                    drop(v);
+                    self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    self.counters.wal_syncs.fetch_add(syncs, Ordering::Relaxed);
+                    tracing::debug!(target: TRACE, transactions = accepted.len(), mx_frame = last,
+                        restarted, "group commit durable and published");
+                }
+                Err(e) => {
+                    drop(core);
+                    tracing::error!(target: TRACE, error = %e, transactions = accepted.len(), "group commit failed");
+                    let text = e.to_string();
+                    let mut e = Some(e);
+                    for a in &accepted {
+                        results[a.index] = Some(Err(e.take().unwrap_or_else(|| {
+                            FrankenError::PreviousIo {
+                                first: text.clone(),
+                            }
+                        })));
+                    }
+                }
+            }
+        } else {
+            drop(core);
+        }
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            let r = r.unwrap_or_else(|| Err(FrankenError::internal("a queued transaction got no result")));
+            match &r {
+                Ok(_) => self.counters.commits.fetch_add(1, Ordering::Relaxed),
+                Err(FrankenError::ConcurrentConflict { .. }) => {
+                    self.counters.conflicts.fetch_add(1, Ordering::Relaxed)
+                }
+                Err(_) => 0,
+            };
+            out.push(r);
+        }
+        out
+    }
+}
+
+fn conflict(item: String, frame: u32, snapshot: u32) -> FrankenError {
+    FrankenError::ConcurrentConflict {
+        item,
+        frame,
+        snapshot,
+    }
+}
+
+/// Step 1 for one transaction: its frames (page order) and database size, or the
+/// conflict that refuses it.
+fn validate<'a>(
+    v: &Versions,
+    req: &'a Request,
+    batch_writes: &HashMap<u32, u32>,
+    batch_size_change: Option<u32>,
+    cur_n: u32,
+) -> Result<(Vec<(PageNumber, &'a [u8])>, u32)> {
+    let newer = |page: u32, s: u32| -> Option<u32> {
+        batch_writes
+            .get(&page)
+            .copied()
+            .or_else(|| v.newest(page).filter(|&f| f > s))
+    };
+    let final_size = match req.snapshot {
+        None => req.db_size,
+        Some(snap) => {
+            let s = snap.frame;
+            if snap.generation != v.generation {
+                return Err(conflict("the WAL generation".to_owned(), v.mx, s));
+            }
+            if req.read_all {
+                if let Some(f) = batch_writes.values().max().copied().or((v.mx > s).then_some(v.mx)) {
+                    return Err(conflict(
+                        "the database (this transaction read more pages than \
+                         CoordinatorOptions::max_read_set tracks one by one)"
+                            .to_owned(),
+                        f,
+                        s,
+                    ));
+                }
+            }
+            for &page in req.writes.keys().chain(req.reads.iter()) {
+                if let Some(f) = newer(page, s) {
+                    return Err(conflict(format!("page {page}"), f, s));
+                }
+            }
+            let size_change = batch_size_change.or_else(|| {
+                v.size_changes
+                    .last()
+                    .copied()
+                    .filter(|&f| f > s)
+            });
+            if req.db_size == snap.db_size {
+                // Unchanged: keep the newest committed size, unless it no longer holds a
+                // page this transaction wrote inside its own snapshot's size.
+                if let Some(&p) = req
+                    .writes
+                    .keys()
+                    .find(|&&p| p <= snap.db_size && p > cur_n)
+                {
+                    return Err(conflict(
+                        format!("the database size (now {cur_n} pages, below page {p} written here)"),
+                        size_change.unwrap_or(v.mx),
+                        s,
+                    ));
+                }
+                cur_n
+            } else {
+                if let Some(f) = size_change {
+                    return Err(conflict("the database size".to_owned(), f, s));
+                }
+                req.db_size
+            }
+        }
+    };
+    let frames: Vec<(PageNumber, &[u8])> = req
+        .writes
+        .iter()
+        .filter(|&(&p, _)| p <= final_size)
+        .filter_map(|(&p, d)| PageNumber::new(p).map(|p| (p, &**d)))
+        .collect();
+    if frames.is_empty() && final_size != cur_n {
+        return Err(FrankenError::out_of_range(
+            "pages in a commit that changes the database size (it needs at least one page at \
+             or below the new size; write page 1)",
+            0,
+        ));
+    }
+    Ok((frames, final_size))
+}
+
+/// A `BEGIN CONCURRENT` transaction (see the module docs): reads a snapshot, writes
+/// privately, commits through the group commit. Dropping it without
+/// [`ConcurrentTxn::commit`] rolls back.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use fsqlite_mvcc::{Coordinator, CoordinatorOptions};
+/// use fsqlite_types::{Cx, PageNumber};
+/// use fsqlite_vfs::UnixVfs;
+///
+/// # fn main() -> fsqlite_error::Result<()> {
+/// let cx = Cx::new();
+/// let db = Coordinator::open(&cx, Arc::new(UnixVfs::new()), "app.db", CoordinatorOptions::default())?;
+/// std::thread::scope(|s| {
+///     for t in 0..4u32 {
+///         let db = &db;
+///         s.spawn(move || -> fsqlite_error::Result<u32> {
+///             let cx = Cx::new();
+///             let page = PageNumber::new(2 + t).unwrap(); // a page of its own
+///             loop {
+///                 let mut txn = db.begin_concurrent(&cx)?;
+///                 let mut buf = vec![0u8; db.page_size() as usize];
+///                 txn.read_page(&cx, page, &mut buf)?;
+///                 buf[0] = buf[0].wrapping_add(1);
+///                 txn.write_page(&cx, page, &buf)?;
+///                 let size = txn.db_size().max(page.get());
+///                 match txn.commit(&cx, size) {
+///                     Err(e) if e.extended_code() == 517 => continue, // conflict: retry
+///                     r => return r,
+///                 }
+///             }
+///         });
+///     }
+/// });
+/// db.close(&cx)?;
+/// # Ok(()) }
+/// ```
+pub struct ConcurrentTxn<'a, V: Vfs> {
+    shared: &'a HybridShared<V>,
+    snapshot: Snapshot,
+    slot: usize,
+    reads: HashSet<u32>,
+    read_all: bool,
+    writes: BTreeMap<u32, Box<[u8]>>,
+    done: bool,
+}
+
+impl<V: Vfs> std::fmt::Debug for ConcurrentTxn<'_, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConcurrentTxn")
+            .field("snapshot_frame", &self.snapshot.frame)
+            .field("db_size", &self.snapshot.db_size)
+            .field("read_mark_slot", &self.slot)
+            .field("pages_read", &self.reads.len())
+            .field("read_all", &self.read_all)
+            .field("pages_written", &self.writes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Vfs> ConcurrentTxn<'_, V> {
+    /// `mxFrame` of the snapshot taken at begin.
+    pub fn snapshot_frame(&self) -> u32 {
+        self.snapshot.frame
+    }
+
+    /// The database size (pages) in that snapshot.
+    pub fn db_size(&self) -> u32 {
+        self.snapshot.db_size
+    }
+
+    /// Pages written so far (the private write set).
+    pub fn pages_written(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Reads `page`: this transaction's own write, else the snapshot's version. The page
+    /// joins the read set checked at commit.
+    pub fn read_page(&mut self, cx: &Cx, page: PageNumber, buf: &mut [u8]) -> Result<()> {
+        if let Some(d) = self.writes.get(&page.get()) {
+            self.shared.check_buf(buf.len(), "read buffer")?;
+            buf.copy_from_slice(d);
+            return Ok(());
+        }
+        self.shared.read_at(cx, self.snapshot, page, buf)?;
+        if !self.read_all {
+            self.reads.insert(page.get());
+            if self.reads.len() > self.shared.max_read_set {
+                // Past the limit the read set is "everything": any commit since the
+                // snapshot conflicts (bounded memory, still serializable).
+                self.reads = HashSet::new();
+                self.read_all = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `page` into the private write set (visible to this transaction's reads
+    /// only, until commit). At most `CoordinatorOptions::max_txn_pages` distinct pages.
+    pub fn write_page(&mut self, cx: &Cx, page: PageNumber, data: &[u8]) -> Result<()> {
+        cx.checkpoint()?;
+        self.shared.check_buf(data.len(), &format!("page {page}"))?;
+        let n = self.writes.len();
+        match self.writes.entry(page.get()) {
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                o.get_mut().copy_from_slice(data);
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                if n >= self.shared.max_txn_pages {
+                    return Err(FrankenError::out_of_range(
+                        format!(
+                            "pages written by one concurrent transaction (limit \
+                             CoordinatorOptions::max_txn_pages = {}; commit in smaller \
+                             transactions or raise the limit)",
+                            self.shared.max_txn_pages
+                        ),
+                        n + 1,
+                    ));
+                }
+                slot.insert(Box::from(data));
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits with database size `db_size` (the snapshot's size means "unchanged": the
+    /// newest committed size is kept) and returns the transaction's own commit frame
+    /// once it is durable per `SyncMode` and published in the legacy `-shm`. Fails with
+    /// SQLITE_BUSY_SNAPSHOT ([`FrankenError::ConcurrentConflict`], extended code 517)
+    /// when a page it read or wrote, or the database size it changed, has a newer
+    /// commit; nothing of it is written then. A transaction that wrote nothing is
+    /// validated the same way and returns the frame it serialized after.
+    pub fn commit(mut self, cx: &Cx, db_size: u32) -> Result<u32> {
+        cx.checkpoint()?;
+        if db_size == 0 {
+            return Err(FrankenError::out_of_range(
+                "commit database size (pages)",
+                0,
+            ));
+        }
+        self.done = true;
+        let req = Request {
+            snapshot: Some(self.snapshot),
+            reads: std::mem::take(&mut self.reads),
+            read_all: self.read_all,
+            writes: std::mem::take(&mut self.writes),
+            db_size,
+            slot: Some(self.slot),
+        };
+        // The leader releases the read mark right after validation (which uses the
+        // version map only), so it can restart the WAL before appending the batch.
+        self.shared.submit(req)
+    }
+
+    /// Ends the transaction without writing anything.
+    pub fn rollback(mut self, _cx: &Cx) -> Result<()> {
+        self.done = true;
+        self.shared.release_slot(self.slot);
+        Ok(())
+    }
+}
+
+impl<V: Vfs> Drop for ConcurrentTxn<'_, V> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.release_slot(self.slot);
+        }
+    }
+}
+
+// Compile-time proof of the contract: the coordinator is shared by reference across
+// threads and a transaction can move to another thread.
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<crate::Coordinator<fsqlite_vfs::UnixVfs>>();
+    send_sync::<crate::Coordinator<fsqlite_vfs::MemoryVfs>>();
+    send::<ConcurrentTxn<'static, fsqlite_vfs::UnixVfs>>();
+}
