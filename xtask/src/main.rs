@@ -25,6 +25,7 @@ const LOOM_TARGETS: &[(&str, &str)] = &[
     ("fsqlite-wal", "loom_checkpoint"),
     ("fsqlite-wal", "loom_read_mark"),
     ("fsqlite-mvcc", "loom_hybrid"),
+    ("fsqlite-mvcc", "loom_group_commit"),
 ];
 
 fn run(cmd: &mut Command) -> Result<(), String> {

@@ -38,8 +38,11 @@ pub enum Flaw {
     None,
     /// The leader never wakes the waiters (a lost wake-up: loom reports a deadlock).
     NoWake,
-    /// The leader moves the watermark, unlocks, and only then stores the results
-    /// (a waiter can see the watermark without its result).
+    /// A leader does not mark itself as leading, so a second caller can lead a batch at
+    /// the same time (two serial sections at once).
+    NoLeaderFlag,
+    /// The leader moves the watermark, wakes the waiters, unlocks, and only then stores
+    /// the results (a waiter can see the watermark without its result).
     WatermarkBeforeResults,
 }
 
@@ -142,7 +145,7 @@ impl<T, R> GroupCommit<T, R> {
             if !q.leader
                 && let Some(run) = run.take()
             {
-                q.leader = true;
+                q.leader = self.flaw != Flaw::NoLeaderFlag;
                 let batch = std::mem::take(&mut q.pending);
                 drop(q);
                 let last_ticket = batch.last().map_or(ticket, |(t, _)| *t);
@@ -158,6 +161,7 @@ impl<T, R> GroupCommit<T, R> {
                 if self.flaw == Flaw::WatermarkBeforeResults {
                     q.done_through = last_ticket;
                     drop(q);
+                    self.wake.notify_all();
                     q = self.queue.lock();
                 }
                 // inv: GC_RESULT_BEFORE_WATERMARK
