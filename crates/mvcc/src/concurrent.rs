@@ -140,6 +140,7 @@ pub(crate) struct HybridShared<V: Vfs> {
     pub(crate) record: CoordinatorRecord,
     max_txn_pages: usize,
     max_read_set: usize,
+    busy_timeout: Duration,
 }
 
 /// What a transaction hands to the group commit.
@@ -201,6 +202,7 @@ impl<V: Vfs> HybridShared<V> {
         let record = core.record;
         let max_txn_pages = core.options.max_txn_pages.max(1);
         let max_read_set = core.options.max_read_set.max(1);
+        let busy_timeout = core.options.busy_timeout;
         let wal_path = core.wal_path.clone();
         Ok(Self {
             core: Mutex::new(core),
@@ -220,6 +222,7 @@ impl<V: Vfs> HybridShared<V> {
             record,
             max_txn_pages,
             max_read_set,
+            busy_timeout,
         })
     }
 
@@ -276,7 +279,7 @@ impl<V: Vfs> HybridShared<V> {
     /// module docs), following SQLite's rule: lock first, then check that the snapshot
     /// is still the newest, else retry.
     fn acquire_snapshot(&self, cx: &Cx) -> Result<(Snapshot, usize)> {
-        let busy_timeout = self.core_busy_timeout();
+        let busy_timeout = self.busy_timeout;
         let start = std::time::Instant::now();
         let mut attempt = 0u32;
         loop {
@@ -291,10 +294,6 @@ impl<V: Vfs> HybridShared<V> {
             }
             std::thread::sleep(Duration::from_micros(u64::from(attempt.min(100)) * 20));
         }
-    }
-
-    fn core_busy_timeout(&self) -> Duration {
-        self.core.lock().options.busy_timeout
     }
 
     fn current(&self) -> Snapshot {
