@@ -1,15 +1,24 @@
 //! # fsqlite-mvcc
 //!
-//! Compatibility with legacy SQLite processes (ARCHITECTURE.md, "fsqlite-mvcc"): pick the
-//! operating mode when a database is opened, keep SQLite's `-shm` current on every commit so
-//! SQLite readers see our commits, hold `WAL_WRITE_LOCK` so SQLite writers get
-//! `SQLITE_BUSY`, and probe for and recover from a dead coordinator.
+//! Page-level versioning for concurrent writers, compatible with legacy SQLite processes
+//! (ARCHITECTURE.md, "fsqlite-mvcc"): pick the operating mode when a database is opened;
+//! run many `BEGIN CONCURRENT` transactions at once ([`Coordinator::begin_concurrent`],
+//! [`ConcurrentTxn`]: snapshot reads from the WAL, private write sets, validation at
+//! commit, group commit); keep SQLite's `-shm` current on every commit so SQLite readers
+//! see our commits; hold `WAL_WRITE_LOCK` so SQLite writers get `SQLITE_BUSY`; and probe
+//! for and recover from a dead coordinator.
+//!
+//! It sits on [`fsqlite_wal`] (the WAL file, the WAL-index, recovery), which sits on
+//! `fsqlite-vfs` (files, locks, shared memory). A database engine opens one
+//! [`Coordinator`] per database and process and shares it by reference between threads.
 //!
 //! | module | what it owns |
 //! |---|---|
 //! | [`compat`] | the pure API: [`CompatMode`], [`begin_concurrent_check`], [`HybridShmState`], [`choose_reader_slot`], [`CoordinatorProbeResult`], [`RecoveryPlan`] (and its constructor that reads a real `-shm`) |
 //! | [`lifecycle`] | [`process_alive_os`] and the coordinator record `<db>.fsqlite-shm`, byte by byte |
 //! | [`coordinator`] | [`Coordinator`]: open (mode choice), probe, takeover and recovery, commit, close |
+//! | [`concurrent`] | [`ConcurrentTxn`], [`ConcurrencyStats`]: snapshots, read marks shared in-process, validation, the group-commit batch |
+//! | [`group_commit`] | the commit queue: one leader per batch, waiters on a watermark (loom-checked) |
 //! | [`heap_shm`] | [`HeapShmVfs`]: `FileLockOnly` without shared memory (heap WAL-index, database held EXCLUSIVE) |
 //!
 //! ```
