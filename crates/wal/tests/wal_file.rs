@@ -898,3 +898,56 @@ fn commits_are_padded_to_the_sector_on_non_psow_devices() {
     assert_eq!(report.commits, 4);
     assert_eq!(report.n_page, 1);
 }
+
+// ---- group commit ----
+
+/// `append_commits` writes several transactions in one run, each ending in its own
+/// commit frame, chained exactly like one `append_frames` per transaction: the bytes are
+/// identical, the scan finds every commit, and each returned frame is that commit's.
+#[test]
+fn append_commits_equals_one_append_per_transaction() {
+    let cx = Cx::new();
+    let txns: Vec<Txn> = vec![
+        (vec![(2, 1), (3, 1)], Some(3)),
+        (vec![(5, 1)], Some(5)),
+        (vec![(2, 2), (7, 1), (3, 2)], Some(7)),
+    ];
+    let (mut one_by_one, file_a) = new_wal(4096, false);
+    write_txns(&mut one_by_one, &cx, &txns);
+    let (mut grouped, file_b) = new_wal(4096, false);
+    let size = 4096;
+    let images: Vec<Vec<Vec<u8>>> = txns
+        .iter()
+        .map(|(f, _)| f.iter().map(|&(p, v)| page_bytes(size, p, v)).collect())
+        .collect();
+    let refs: Vec<Vec<(fsqlite_types::PageNumber, &[u8])>> = txns
+        .iter()
+        .zip(&images)
+        .map(|((f, _), imgs)| {
+            f.iter()
+                .zip(imgs)
+                .map(|(&(p, _), d)| (pg(p), d.as_slice()))
+                .collect()
+        })
+        .collect();
+    let batch: Vec<(&[(fsqlite_types::PageNumber, &[u8])], u32)> = refs
+        .iter()
+        .zip(&txns)
+        .map(|(r, (_, c))| (r.as_slice(), c.unwrap()))
+        .collect();
+    let ends = grouped.append_commits(&cx, &batch).unwrap();
+    assert_eq!(ends, vec![2, 3, 6]);
+    assert_eq!(grouped.mx_frame(), 6);
+    assert_eq!(grouped.n_page(), 7);
+    assert_eq!(grouped.frame_checksum(), one_by_one.frame_checksum());
+    assert_eq!(file_a.bytes(), file_b.bytes(), "grouped bytes differ");
+    let (report, seen) = scan(&file_b);
+    assert_eq!(report.mx_frame, 6);
+    let commits: Vec<u32> = seen.iter().filter(|s| s.2 != 0).map(|s| s.0).collect();
+    assert_eq!(commits, vec![2, 3, 6]);
+    assert_chain_by_reference(&file_b.bytes(), 4096, 6, false);
+    // Empty batches write nothing; an empty transaction is refused.
+    assert!(grouped.append_commits(&cx, &[]).unwrap().is_empty());
+    assert!(grouped.append_commits(&cx, &[(&[], 3)]).is_err());
+    assert_eq!(grouped.mx_frame(), 6);
+}
