@@ -16,6 +16,9 @@
 //! 5. recover: the -shm is rebuilt from the WAL (nobody is attached any more)
 //! 6. checkpoint TRUNCATE through the barrier, with an independent read-back
 //! 7. SQLite: PRAGMA integrity_check, and every acknowledged commit must be a row
+//! 8. concurrent writers (crate::bank_demo): 8 threads of one process move money with
+//!    BEGIN CONCURRENT, are killed with kill -9 mid-run (twice), and stock SQLite checks
+//!    the books; stock SQLite's own transfers/s with a connection per thread beside it
 //! ```
 //!
 //! Commits acknowledged = ACK lines the parent received; commits found = rows SQLite finds
@@ -28,6 +31,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::bank_demo::{BankDemoOptions, BankDemoReport, run_bank_demo};
 use crate::files::{CliError, CliResult};
 use crate::torture::{CrashOptions, CrashReport, Progress, run_crash};
 
@@ -50,6 +54,10 @@ pub struct DemoOptions {
     pub exe: PathBuf,
     /// Show a progress bar on stderr.
     pub show_progress: bool,
+    /// The concurrent-writers part ([`crate::bank_demo`]): threads (0 = skip it).
+    pub concurrent_threads: u32,
+    /// Seconds per side and round of the concurrent-writers part.
+    pub concurrent_seconds: f64,
 }
 
 /// What the demo reports: the crash run plus where it ran.
@@ -62,6 +70,15 @@ pub struct DemoReport {
     /// The crash run.
     #[serde(flatten)]
     pub crash: CrashReport,
+    /// The concurrent-writers part, when it ran.
+    pub concurrent: Option<BankDemoReport>,
+}
+
+impl DemoReport {
+    /// Both parts passed.
+    pub fn passed(&self) -> bool {
+        self.crash.passed && self.concurrent.as_ref().is_none_or(|c| c.passed)
+    }
 }
 
 /// Runs the demo (see the module docs).
@@ -118,9 +135,22 @@ pub fn run_demo_with(
             p.acked, p.kills
         ));
     });
-    pb.finish_and_clear();
     let report = result?;
-    let kept = opts.keep || !report.passed;
+    let concurrent = if opts.concurrent_threads > 0 {
+        let bank = BankDemoOptions {
+            threads: opts.concurrent_threads,
+            accounts: 64,
+            seconds: opts.concurrent_seconds,
+            rounds: 2,
+            seed: opts.seed,
+            exe: opts.exe.clone(),
+        };
+        Some(run_bank_demo(dir.path(), &bank, |m| pb.set_message(m.to_owned()))?)
+    } else {
+        None
+    };
+    pb.finish_and_clear();
+    let kept = opts.keep || !report.passed || concurrent.as_ref().is_some_and(|c| !c.passed);
     let directory = if kept {
         dir.keep().display().to_string()
     } else {
@@ -132,6 +162,7 @@ pub fn run_demo_with(
         directory,
         kept,
         crash: report,
+        concurrent,
     })
 }
 

@@ -16,6 +16,7 @@
 //! | [`recover`] | `fsqlite recover` | rebuilding the `-shm` from the WAL when no other process is attached |
 //! | [`sqlpages`] | — | building the next SQLite-valid page images of a commit with SQLite itself |
 //! | [`torture`] | `fsqlite torture` | writer processes killed with SIGKILL and restarted; the acknowledged-commit check |
+//! | [`bank_demo`] | `fsqlite demo` (part 2) | concurrent writers (`BEGIN CONCURRENT`) moving money, kill -9, stock SQLite checks the books and runs the same transfers beside it |
 //! | [`demo`] | `fsqlite demo` | the torture core plus a legacy SQLite reader, recovery, checkpoints and `integrity_check` |
 //!
 //! Nothing in [`inspect`] or [`verify`] writes a byte or takes a lock: files are opened
@@ -23,6 +24,7 @@
 //! functions must not run in a process that holds SQLite's POSIX locks on the same file
 //! (closing a descriptor drops them); see [`probe`].
 
+pub mod bank_demo;
 pub mod capture;
 pub mod checkpoint;
 pub mod demo;

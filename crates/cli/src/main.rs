@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use fsqlite_cli::capture::{CHECKPOINT_TARGET, CaptureLayer};
 use fsqlite_cli::checkpoint::{self, CheckpointOptions};
+use fsqlite_cli::bank_demo;
 use fsqlite_cli::demo::{self, DemoOptions};
 use fsqlite_cli::files::{CliError, CliResult, ExitStatus};
 use fsqlite_cli::torture::{self, CrashOptions, WriterArgs};
@@ -177,6 +178,12 @@ enum Command {
         /// Run without the legacy python3 reader.
         #[arg(long)]
         no_reader: bool,
+        /// Threads of the concurrent-writers part (BEGIN CONCURRENT); 0 skips it.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=256))]
+        threads: u32,
+        /// Seconds per side and round of the concurrent-writers part.
+        #[arg(long, default_value = "1.5", value_parser = parse_seconds)]
+        concurrent_seconds: f64,
         /// Where to make the temporary directory (default: the system temp directory).
         #[arg(long, value_name = "D")]
         dir: Option<PathBuf>,
@@ -186,6 +193,25 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// (internal) The concurrent writer process of `demo`.
+    #[command(name = "__bank-writer", hide = true)]
+    BankWriter {
+        /// The bank database.
+        #[arg(long)]
+        db: PathBuf,
+        /// The accounts table's root page.
+        #[arg(long)]
+        root: u32,
+        /// Writer threads.
+        #[arg(long)]
+        threads: u32,
+        /// Run seed.
+        #[arg(long, value_parser = parse_seed)]
+        seed: u64,
+        /// Round number.
+        #[arg(long)]
+        round: u32,
     },
     /// (internal) One writer process of `torture`/`demo`.
     #[command(name = "__writer", hide = true)]
@@ -236,6 +262,9 @@ fn report_demo(title: &str, r: &demo::DemoReport, json: bool) -> CliResult<ExitS
         print_json(r)?;
     } else {
         emit(&demo::render_table(title, &r.crash));
+        if let Some(c) = &r.concurrent {
+            emit(&bank_demo::render_bank_table(c));
+        }
         emit(&format!(
             "  {:<30} {}{}\n",
             "directory",
@@ -243,7 +272,7 @@ fn report_demo(title: &str, r: &demo::DemoReport, json: bool) -> CliResult<ExitS
             if r.kept { " (kept)" } else { " (removed)" }
         ));
     }
-    Ok(if r.crash.passed {
+    Ok(if r.passed() {
         ExitStatus::Success
     } else {
         ExitStatus::CheckFailed
@@ -356,6 +385,8 @@ fn run(command: Command) -> CliResult<ExitStatus> {
                 keep,
                 exe: exe()?,
                 show_progress: show_progress(json),
+                concurrent_threads: 0,
+                concurrent_seconds: 0.0,
             };
             let r = demo::run_demo_with(&opts, "torture", |c: &mut CrashOptions| {
                 c.kill_min = Duration::from_millis(50);
@@ -368,6 +399,8 @@ fn run(command: Command) -> CliResult<ExitStatus> {
             writers,
             seed,
             no_reader,
+            threads,
+            concurrent_seconds,
             dir,
             keep,
             json,
@@ -381,9 +414,27 @@ fn run(command: Command) -> CliResult<ExitStatus> {
                 keep,
                 exe: exe()?,
                 show_progress: show_progress(json),
+                concurrent_threads: threads,
+                concurrent_seconds,
             };
             let r = demo::run_demo(&opts)?;
             report_demo("fsqlite demo", &r, json)
+        }
+        Command::BankWriter {
+            db,
+            root,
+            threads,
+            seed,
+            round,
+        } => {
+            bank_demo::run_bank_writer(&bank_demo::BankWriterArgs {
+                db,
+                root,
+                threads,
+                seed,
+                round,
+            })?;
+            Ok(ExitStatus::Success)
         }
         Command::Writer { db, id, seed } => {
             torture::run_writer(&WriterArgs { db, id, seed })?;
