@@ -15,11 +15,27 @@ fn demo_loses_no_acknowledged_commit() {
         "2",
         "--writers",
         "2",
+        "--threads",
+        "4",
+        "--concurrent-seconds",
+        "0.5",
         "--dir",
         s(dir.path()),
     ]);
     assert_eq!(code, 0, "{v}\n{err}");
     assert_eq!(v["passed"], true, "{v}");
+    // The concurrent-writers part: killed twice mid-run, nothing acknowledged lost, the
+    // books balance by stock SQLite, and stock SQLite ran the same transfers.
+    let c = &v["concurrent"];
+    assert_eq!(c["passed"], true, "{c}");
+    assert_eq!(c["lost"], 0, "{c}");
+    assert_eq!(c["kills"], 2, "{c}");
+    assert_eq!(c["integrity"], "ok", "{c}");
+    assert_eq!(c["total_found"], c["total_expected"], "{c}");
+    let c_acked = c["acked"].as_u64().unwrap();
+    assert!(c_acked > 0 && c["found"].as_u64().unwrap() >= c_acked, "{c}");
+    assert!(c["sqlite_commits"].as_u64().unwrap() > 0, "{c}");
+    assert!(c["batches"].as_u64().unwrap() > 0, "{c}");
     let run = &v["run"];
     let sq = &v["sqlite"];
     let acked = run["acked"].as_u64().unwrap();
