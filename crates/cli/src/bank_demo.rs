@@ -293,9 +293,9 @@ pub fn run_bank_writer(args: &BankWriterArgs) -> CliResult<()> {
             })
             .collect();
         for w in workers {
-            let r = w.join().unwrap_or_else(|_| {
-                Err(FrankenError::internal("a writer thread panicked"))
-            });
+            let r = w
+                .join()
+                .unwrap_or_else(|_| Err(FrankenError::internal("a writer thread panicked")));
             if let Err(e) = r {
                 let _ = say(&out, &format!("ERROR {e}\n"));
                 std::process::exit(3);
@@ -410,13 +410,17 @@ fn ours_round(
         .spawn()
         .map_err(|e| {
             CliError::failed(
-                format!("could not start the writer process {}: {e}", opts.exe.display()),
+                format!(
+                    "could not start the writer process {}: {e}",
+                    opts.exe.display()
+                ),
                 "check that the fsqlite executable can be run",
             )
         })?;
-    let stdout = child.stdout.take().ok_or_else(|| {
-        CliError::failed("the writer process has no stdout", "report this bug")
-    })?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| CliError::failed("the writer process has no stdout", "report this bug"))?;
     let mut lines = BufReader::new(stdout).lines();
     let mut out = RoundOutcome::default();
     // Wait for READY (the coordinator is open: takeover and recovery are done).
@@ -453,7 +457,10 @@ fn ours_round(
                 None => out.errors.push(format!("bad ACK line {line:?}")),
             }
         } else if let Some(rest) = line.strip_prefix("STATS ") {
-            let v: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             if let [c, k, b, s] = v[..] {
                 out.stats = [c, k, b, s];
             }
@@ -469,7 +476,8 @@ fn ours_round(
         .map_err(|e| CliError::failed(format!("waiting for the writer: {e}"), "report this bug"))?;
     use std::os::unix::process::ExitStatusExt as _;
     if status.signal() != Some(libc::SIGKILL) {
-        out.errors.push(format!("the writer process ended by itself: {status}"));
+        out.errors
+            .push(format!("the writer process ended by itself: {status}"));
     }
     out.seconds = killed_at.duration_since(ready).as_secs_f64();
     Ok(out)
@@ -477,6 +485,7 @@ fn ours_round(
 
 /// Runs the concurrent-writers demo in `dir` (see the module docs); `progress` gets a
 /// short line per step.
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52, turned into rates
 pub fn run_bank_demo(
     dir: &Path,
     opts: &BankDemoOptions,
@@ -491,9 +500,10 @@ pub fn run_bank_demo(
     let ours = bank::create(&ours_db, &bank_opts)?;
     let theirs = bank::create(&sqlite_db, &bank_opts)?;
     let ids = theirs.accounts.ids();
-    let root = ours.accounts.root().ok_or_else(|| {
-        CliError::failed("the bank has no table root page", "report this bug")
-    })?;
+    let root = ours
+        .accounts
+        .root()
+        .ok_or_else(|| CliError::failed("the bank has no table root page", "report this bug"))?;
     let mut r = BankDemoReport {
         threads: opts.threads,
         accounts: bank_opts.accounts,
@@ -551,7 +561,9 @@ pub fn run_bank_demo(
     }
     r.passed = r.lost == 0
         && r.errors.is_empty()
-        && books.check(i64::from(bank_opts.accounts), ours.total()).is_ok()
+        && books
+            .check(i64::from(bank_opts.accounts), ours.total())
+            .is_ok()
         && r.found >= r.acked;
     tracing::info!(target: TRACE, acked = r.acked, found = r.found, lost = r.lost, ratio = r.ratio, "concurrent demo done");
     Ok(r)

@@ -145,7 +145,9 @@ pub fn run_demo_with(
             seed: opts.seed,
             exe: opts.exe.clone(),
         };
-        Some(run_bank_demo(dir.path(), &bank, |m| pb.set_message(m.to_owned()))?)
+        Some(run_bank_demo(dir.path(), &bank, |m| {
+            pb.set_message(m.to_owned())
+        })?)
     } else {
         None
     };

@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use fsqlite_cli::bank_demo;
 use fsqlite_cli::capture::{CHECKPOINT_TARGET, CaptureLayer};
 use fsqlite_cli::checkpoint::{self, CheckpointOptions};
-use fsqlite_cli::bank_demo;
 use fsqlite_cli::demo::{self, DemoOptions};
 use fsqlite_cli::files::{CliError, CliResult, ExitStatus};
 use fsqlite_cli::torture::{self, CrashOptions, WriterArgs};

@@ -49,6 +49,7 @@ use std::time::Duration;
 use fsqlite_error::{FrankenError, Result};
 use fsqlite_types::{Cx, PageNumber, PageSize, VfsOpenFlags};
 use fsqlite_vfs::{ShmRegion, Vfs, VfsFile, wal_read_lock};
+use fsqlite_wal::GroupedCommit;
 use fsqlite_wal::checkpoint_executor::wal_frame_data_offset;
 use fsqlite_wal::locks;
 use fsqlite_wal::wal_index::{HeaderMemory, WAL_READ_MARK_COUNT, WALINDEX_PGSZ};
@@ -155,7 +156,13 @@ struct Request {
     slot: Option<usize>,
 }
 
-/// A validated transaction's frames.
+/// A validated transaction's frames (page order) and database size.
+struct Validated<'a> {
+    frames: Vec<(PageNumber, &'a [u8])>,
+    db_size: u32,
+}
+
+/// A validated transaction of a batch.
 struct Accepted<'a> {
     index: usize,
     frames: Vec<(PageNumber, &'a [u8])>,
@@ -386,12 +393,14 @@ impl<V: Vfs> HybridShared<V> {
         let mut guard = self.slots.lock();
         let slots = &mut *guard;
         let held = &mut slots.held[slot];
-        debug_assert!(held.1 > 0, "read-mark slot {slot} released more often than taken");
+        debug_assert!(
+            held.1 > 0,
+            "read-mark slot {slot} released more often than taken"
+        );
         held.1 = held.1.saturating_sub(1);
         if held.1 == 0 {
             let cx = Cx::new();
-            if let Err(e) = locks::unlock_shared(&mut slots.file, &cx, wal_read_lock(slot as u32))
-            {
+            if let Err(e) = locks::unlock_shared(&mut slots.file, &cx, wal_read_lock(slot as u32)) {
                 tracing::warn!(target: TRACE, slot, error = %e, "releasing a read mark failed");
             }
         }
@@ -415,7 +424,10 @@ impl<V: Vfs> HybridShared<V> {
         cx.checkpoint()?;
         let frame = {
             let v = self.versions.read();
-            debug_assert_eq!(v.generation, snapshot.generation, "a restart under a live snapshot");
+            debug_assert_eq!(
+                v.generation, snapshot.generation,
+                "a restart under a live snapshot"
+            );
             v.newest_at_or_below(page.get(), snapshot.frame)
         };
         if let Some(frame) = frame {
@@ -429,8 +441,11 @@ impl<V: Vfs> HybridShared<V> {
             return Ok(());
         }
         // Past the end of the file reads as zeros (VfsFile::read zero-fills).
-        self.db_reader
-            .read(cx, buf, u64::from(page.get() - 1) * self.page_size.bytes() as u64)?;
+        self.db_reader.read(
+            cx,
+            buf,
+            u64::from(page.get() - 1) * self.page_size.bytes() as u64,
+        )?;
         Ok(())
     }
 
@@ -478,7 +493,7 @@ impl<V: Vfs> HybridShared<V> {
 
     fn submit(&self, req: Request) -> Result<u32> {
         self.group
-            .submit(req, |batch| self.run_batch(batch))
+            .submit(req, |batch| self.run_batch(&batch))
             .unwrap_or_else(|| {
                 Err(FrankenError::internal(
                     "the group-commit leader of this transaction's batch panicked; the \
@@ -488,7 +503,7 @@ impl<V: Vfs> HybridShared<V> {
     }
 
     /// The leader's work for one batch (see the module docs, steps 1-4).
-    fn run_batch(&self, batch: Vec<Request>) -> Vec<Result<u32>> {
+    fn run_batch(&self, batch: &[Request]) -> Vec<Result<u32>> {
         let cx = Cx::new();
         let mut results: Vec<Option<Result<u32>>> = (0..batch.len()).map(|_| None).collect();
         let mut core = self.core.lock();
@@ -501,12 +516,12 @@ impl<V: Vfs> HybridShared<V> {
             let mut cur_n = v.n_page;
             for (index, req) in batch.iter().enumerate() {
                 match validate(&v, req, &batch_writes, batch_size_change, cur_n) {
-                    Ok((frames, db_size)) if frames.is_empty() => {
+                    Ok(Validated { frames, db_size }) if frames.is_empty() => {
                         // Read-only: serialized at its snapshot, nothing to write.
                         debug_assert_eq!(db_size, cur_n);
                         results[index] = Some(Ok(next_frame));
                     }
-                    Ok((frames, db_size)) => {
+                    Ok(Validated { frames, db_size }) => {
                         let commit_frame = next_frame + frames.len() as u32;
                         for (p, _) in &frames {
                             batch_writes.insert(p.get(), commit_frame);
@@ -529,13 +544,15 @@ impl<V: Vfs> HybridShared<V> {
                 }
             }
         }
-        for req in &batch {
+        for req in batch {
             if let Some(slot) = req.slot {
                 self.release_slot(slot);
             }
         }
         let mut restarted = false;
-        if !accepted.is_empty() {
+        if accepted.is_empty() {
+            drop(core);
+        } else {
             let r = core.maybe_restart(&cx, || {
                 let mut v = self.versions.write();
                 v.generation += 1;
@@ -547,7 +564,7 @@ impl<V: Vfs> HybridShared<V> {
             if let Err(e) = r {
                 tracing::warn!(target: TRACE, error = %e, "WAL restart failed; appending to the current WAL");
             }
-            let txns: Vec<(&[(PageNumber, &[u8])], u32)> = accepted
+            let txns: Vec<GroupedCommit<'_>> = accepted
                 .iter()
                 .map(|a| (a.frames.as_slice(), a.db_size))
                 .collect();
@@ -588,20 +605,19 @@ impl<V: Vfs> HybridShared<V> {
                     let text = e.to_string();
                     let mut e = Some(e);
                     for a in &accepted {
-                        results[a.index] = Some(Err(e.take().unwrap_or_else(|| {
-                            FrankenError::PreviousIo {
+                        results[a.index] =
+                            Some(Err(e.take().unwrap_or_else(|| FrankenError::PreviousIo {
                                 first: text.clone(),
-                            }
-                        })));
+                            })));
                     }
                 }
             }
-        } else {
-            drop(core);
         }
         let mut out = Vec::with_capacity(results.len());
         for r in results {
-            let r = r.unwrap_or_else(|| Err(FrankenError::internal("a queued transaction got no result")));
+            let r = r.unwrap_or_else(|| {
+                Err(FrankenError::internal("a queued transaction got no result"))
+            });
             match &r {
                 Ok(_) => self.counters.commits.fetch_add(1, Ordering::Relaxed),
                 Err(FrankenError::ConcurrentConflict { .. }) => {
@@ -631,7 +647,7 @@ fn validate<'a>(
     batch_writes: &HashMap<u32, u32>,
     batch_size_change: Option<u32>,
     cur_n: u32,
-) -> Result<(Vec<(PageNumber, &'a [u8])>, u32)> {
+) -> Result<Validated<'a>> {
     let newer = |page: u32, s: u32| -> Option<u32> {
         batch_writes
             .get(&page)
@@ -645,38 +661,36 @@ fn validate<'a>(
             if snap.generation != v.generation {
                 return Err(conflict("the WAL generation".to_owned(), v.mx, s));
             }
-            if req.read_all {
-                if let Some(f) = batch_writes.values().max().copied().or((v.mx > s).then_some(v.mx)) {
-                    return Err(conflict(
-                        "the database (this transaction read more pages than \
-                         CoordinatorOptions::max_read_set tracks one by one)"
-                            .to_owned(),
-                        f,
-                        s,
-                    ));
-                }
+            if req.read_all
+                && let Some(f) = batch_writes
+                    .values()
+                    .max()
+                    .copied()
+                    .or((v.mx > s).then_some(v.mx))
+            {
+                return Err(conflict(
+                    "the database (this transaction read more pages than \
+                     CoordinatorOptions::max_read_set tracks one by one)"
+                        .to_owned(),
+                    f,
+                    s,
+                ));
             }
             for &page in req.writes.keys().chain(req.reads.iter()) {
                 if let Some(f) = newer(page, s) {
                     return Err(conflict(format!("page {page}"), f, s));
                 }
             }
-            let size_change = batch_size_change.or_else(|| {
-                v.size_changes
-                    .last()
-                    .copied()
-                    .filter(|&f| f > s)
-            });
+            let size_change =
+                batch_size_change.or_else(|| v.size_changes.last().copied().filter(|&f| f > s));
             if req.db_size == snap.db_size {
                 // Unchanged: keep the newest committed size, unless it no longer holds a
                 // page this transaction wrote inside its own snapshot's size.
-                if let Some(&p) = req
-                    .writes
-                    .keys()
-                    .find(|&&p| p <= snap.db_size && p > cur_n)
-                {
+                if let Some(&p) = req.writes.keys().find(|&&p| p <= snap.db_size && p > cur_n) {
                     return Err(conflict(
-                        format!("the database size (now {cur_n} pages, below page {p} written here)"),
+                        format!(
+                            "the database size (now {cur_n} pages, below page {p} written here)"
+                        ),
                         size_change.unwrap_or(v.mx),
                         s,
                     ));
@@ -703,7 +717,10 @@ fn validate<'a>(
             0,
         ));
     }
-    Ok((frames, final_size))
+    Ok(Validated {
+        frames,
+        db_size: final_size,
+    })
 }
 
 /// A `BEGIN CONCURRENT` transaction (see the module docs): reads a snapshot, writes

@@ -63,7 +63,6 @@ use std::time::Duration;
 
 use fsqlite_error::{FrankenError, Result};
 use fsqlite_types::sync_primitives::Instant;
-use parking_lot::Mutex;
 use fsqlite_types::{Cx, LockLevel, PageNumber, PageSize, VfsOpenFlags};
 use fsqlite_vfs::{
     ShmRegion, Vfs, VfsFile, WAL_CKPT_LOCK, WAL_RECOVER_LOCK, WAL_WRITE_LOCK, wal_read_lock,
@@ -80,7 +79,8 @@ use fsqlite_wal::wal_index::{
     HeaderDefect, HeaderMemory, HeaderRead, READMARK_NOT_USED, WAL_READ_MARK_COUNT, WALINDEX_PGSZ,
     WalCkptInfo, WalIndex, WalIndexHdr, publish_header, unsupported_version_error,
 };
-use fsqlite_wal::{SyncMode, Wal, WalFile, WalOptions, WalState};
+use fsqlite_wal::{GroupedCommit, SyncMode, Wal, WalFile, WalOptions, WalState};
+use parking_lot::Mutex;
 
 use crate::compat::{
     CompatMode, CoordinatorProbeResult, HybridShmState, RecoveryPlan, ShmInspection,
@@ -572,7 +572,9 @@ impl<V: Vfs> Coordinator<V> {
         match &self.inner {
             Inner::Hybrid(h) => h.stats(),
             Inner::FileLock(_) | Inner::Exclusive(_) => ConcurrencyStats {
-                commits: self.plain_commits.load(std::sync::atomic::Ordering::Relaxed),
+                commits: self
+                    .plain_commits
+                    .load(std::sync::atomic::Ordering::Relaxed),
                 ..ConcurrencyStats::default()
             },
         }
@@ -1070,11 +1072,7 @@ impl<V: Vfs> Hybrid<V> {
     /// frame (padding included) into the legacy hash tables, then one header publish.
     /// Returns each transaction's commit frame. A failure after the append latches the
     /// coordinator (it refuses further commits until reopened).
-    pub(crate) fn append_batch(
-        &mut self,
-        cx: &Cx,
-        txns: &[(&[(PageNumber, &[u8])], u32)],
-    ) -> Result<Vec<u32>> {
+    pub(crate) fn append_batch(&mut self, cx: &Cx, txns: &[GroupedCommit<'_>]) -> Result<Vec<u32>> {
         cx.checkpoint()?;
         if let Some(first) = &self.latched {
             return Err(FrankenError::PreviousIo {
@@ -1100,7 +1098,7 @@ impl<V: Vfs> Hybrid<V> {
     fn append_batch_inner(
         &mut self,
         cx: &Cx,
-        txns: &[(&[(PageNumber, &[u8])], u32)],
+        txns: &[GroupedCommit<'_>],
         kill: Option<KillPoint>,
         appended: &mut bool,
     ) -> Result<Vec<u32>> {

@@ -41,7 +41,7 @@ fn disjoint_and_hot_pages() {
                         let size = txn.db_size().max(base + 1 + threads);
                         match txn.commit(&cx, size) {
                             Ok(_) => break,
-                            Err(e) if e.extended_code() == 517 => continue,
+                            Err(e) if e.extended_code() == 517 => {}
                             Err(e) => panic!("{e}"),
                         }
                     }
@@ -51,10 +51,14 @@ fn disjoint_and_hot_pages() {
     });
     let mut buf = vec![0u8; PS];
     for t in 0..threads {
-        coord.read_page(&cx, PageNumber::new(base + 1 + t).unwrap(), &mut buf).unwrap();
+        coord
+            .read_page(&cx, PageNumber::new(base + 1 + t).unwrap(), &mut buf)
+            .unwrap();
         assert_eq!(counter(&buf), per);
     }
-    coord.read_page(&cx, PageNumber::new(base + 1 + threads).unwrap(), &mut buf).unwrap();
+    coord
+        .read_page(&cx, PageNumber::new(base + 1 + threads).unwrap(), &mut buf)
+        .unwrap();
     assert_eq!(counter(&buf), per * u64::from(threads));
     let st = coord.stats();
     eprintln!("{st:?}");

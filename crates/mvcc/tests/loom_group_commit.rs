@@ -62,7 +62,11 @@ fn run(flaw: Flaw, callers: u32) {
             t.join().unwrap();
         }
         let mut ran = m.ran.lock().clone();
-        assert_eq!(ran.len(), callers as usize, "an item ran twice or never: {ran:?}");
+        assert_eq!(
+            ran.len(),
+            callers as usize,
+            "an item ran twice or never: {ran:?}"
+        );
         ran.sort_unstable();
         ran.dedup();
         assert_eq!(ran.len(), callers as usize, "an item ran twice: {ran:?}");

@@ -59,4 +59,4 @@ pub mod wal_index;
 pub use checkpoint::{CheckpointMode, CheckpointOutcome};
 pub use connection::{ReadTxn, Wal, WalOptions, WriteTxn};
 pub use locking_mode::LockingMode;
-pub use wal::{ScanReport, StopReason, SyncMode, WalFile, WalState};
+pub use wal::{GroupedCommit, ScanReport, StopReason, SyncMode, WalFile, WalState};

@@ -267,6 +267,10 @@ pub struct WalState {
     pub checkpoint_seq: u32,
 }
 
+/// One transaction of a group commit ([`WalFile::append_commits`]): its frames, in
+/// order, and the database size its commit frame carries.
+pub type GroupedCommit<'a> = (&'a [(PageNumber, &'a [u8])], u32);
+
 /// One WAL file and the writer state carried between transactions (see the module doc).
 pub struct WalFile<F: VfsFile> {
     file: F,
@@ -815,11 +819,7 @@ impl<F: VfsFile> WalFile<F> {
     /// last one to a sector boundary where the device needs it, then syncs once per the
     /// sync mode. Returns each transaction's commit frame. Every transaction needs at
     /// least one frame and a database size of at least 1.
-    pub fn append_commits(
-        &mut self,
-        cx: &Cx,
-        txns: &[(&[(PageNumber, &[u8])], u32)],
-    ) -> Result<Vec<u32>> {
+    pub fn append_commits(&mut self, cx: &Cx, txns: &[GroupedCommit<'_>]) -> Result<Vec<u32>> {
         let Some(h) = self.header else {
             return Err(self.no_header_error());
         };
@@ -849,9 +849,12 @@ impl<F: VfsFile> WalFile<F> {
                 ));
             }
             let last = frames.len() - 1;
-            flat.extend(frames.iter().enumerate().map(|(k, &(p, d))| {
-                (p, d, if k == last { *db_size } else { 0 })
-            }));
+            flat.extend(
+                frames
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &(p, d))| (p, d, if k == last { *db_size } else { 0 })),
+            );
             ends.push(self.mx_frame as usize + flat.len());
         }
         let Some(&(last_page, last_data, last_size)) = flat.last() else {
