@@ -33,7 +33,10 @@ fn demo_loses_no_acknowledged_commit() {
     assert_eq!(c["integrity"], "ok", "{c}");
     assert_eq!(c["total_found"], c["total_expected"], "{c}");
     let c_acked = c["acked"].as_u64().unwrap();
-    assert!(c_acked > 0 && c["found"].as_u64().unwrap() >= c_acked, "{c}");
+    assert!(
+        c_acked > 0 && c["found"].as_u64().unwrap() >= c_acked,
+        "{c}"
+    );
     assert!(c["sqlite_commits"].as_u64().unwrap() > 0, "{c}");
     assert!(c["batches"].as_u64().unwrap() > 0, "{c}");
     let run = &v["run"];

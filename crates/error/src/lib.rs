@@ -124,7 +124,9 @@ pub enum FrankenError {
     /// A `BEGIN CONCURRENT` transaction lost a write-write or read-write conflict: an item
     /// it read or wrote (a page, or the database size) has a commit newer than its
     /// snapshot. SQLITE_BUSY_SNAPSHOT (517); nothing of the transaction was written.
-    #[error("concurrent transaction conflict: {item} has a commit at WAL frame {frame}, newer than this transaction's snapshot (frame {snapshot}); nothing was written")]
+    #[error(
+        "concurrent transaction conflict: {item} has a commit at WAL frame {frame}, newer than this transaction's snapshot (frame {snapshot}); nothing was written"
+    )]
     ConcurrentConflict {
         /// What conflicted: `page N` or `the database size`.
         item: String,
@@ -232,9 +234,10 @@ impl FrankenError {
     /// SQLite's primary result code for this error.
     pub fn error_code(&self) -> ErrorCode {
         match self {
-            Self::Busy | Self::BusyRecovery | Self::BusySnapshot | Self::ConcurrentConflict { .. } => {
-                ErrorCode::Busy
-            }
+            Self::Busy
+            | Self::BusyRecovery
+            | Self::BusySnapshot
+            | Self::ConcurrentConflict { .. } => ErrorCode::Busy,
             Self::Locked => ErrorCode::Locked,
             Self::DatabaseCorrupt { .. } | Self::WalCorrupt { .. } => ErrorCode::Corrupt,
             Self::OutOfRange { .. } => ErrorCode::Range,

@@ -243,8 +243,7 @@ fn no_shared_memory_gives_exclusive_file_lock_only() {
     let db = make_db(dir.path(), "app.db");
     let mut shadow = Shadow::create_from(&db, &dir.path().join("shadow.db"));
     let cx = Cx::new();
-    let coord =
-        Coordinator::open(&cx, Arc::new(NoShmVfs(UnixVfs::new())), &db, options()).unwrap();
+    let coord = Coordinator::open(&cx, Arc::new(NoShmVfs(UnixVfs::new())), &db, options()).unwrap();
     assert_eq!(coord.mode(), CompatMode::FileLockOnly);
     assert!(
         coord.mode_reason().contains("EXCLUSIVE"),
