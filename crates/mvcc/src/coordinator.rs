@@ -1112,7 +1112,9 @@ impl<V: Vfs> Hybrid<V> {
         self.wal.rollback_uncommitted();
         debug_assert_eq!(self.wal.mx_frame(), hdr.mx_frame);
         let first = hdr.mx_frame + 1;
-        let ends = self.wal.append_commits(cx, txns)?;
+        let ends = self
+            .wal
+            .append_commits(cx, txns, self.options.sync.syncs_on_commit())?;
         *appended = true;
         let last = self.wal.mx_frame();
         let db_size = self.wal.n_page();

@@ -6,6 +6,7 @@
 //!
 //! | module | what it gives a test |
 //! |---|---|
+//! | [`bank`] | a SQLite-made bank (one account per table-leaf page, fixed-width balances and stamps) whose balances are edited in page images, and its books checked by SQLite |
 //! | [`sqlite`] | real SQLite WAL databases (rusqlite, bundled SQLite), file snapshots, independent WAL and `-shm` header readers, and SQLite as an oracle (checkpoint, `integrity_check`, digests, page images) |
 //! | [`process`] | SQLite in another process: a python3 `sqlite3` connection driven over a pipe ([`process::LiveSqlite`]) and the `sqlite3` shell |
 //! | [`child`] | the re-exec harness for kill -9 tests, with its ack channel |
@@ -22,6 +23,7 @@
 //! assert!(a.below(10) < 10);
 //! ```
 
+pub mod bank;
 pub mod child;
 pub mod kill9;
 pub mod process;

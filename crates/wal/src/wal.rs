@@ -742,8 +742,9 @@ impl<F: VfsFile> WalFile<F> {
         let running = self.last_checksum;
         if let Some(db_size) = commit_db_size {
             let (page, data) = frames[last_index];
+            let synced = self.sync_mode.syncs_on_commit();
             let (last, running) =
-                self.pad_to_sector(cx, &h, count, running, page, data, db_size)?;
+                self.pad_to_sector(cx, synced, &h, count, running, page, data, db_size)?;
             self.last_frame = last;
             self.last_checksum = running;
             self.mx_frame = last;
@@ -815,11 +816,21 @@ impl<F: VfsFile> WalFile<F> {
 
     /// Group commit: appends several transactions after `mx_frame` in one run of writes
     /// (one `write` per [`APPEND_CHUNK_BYTES`]), each `(frames, db_size)` ending in its own
-    /// commit frame, so a crash keeps or drops each one whole and in order. Pads the
-    /// last one to a sector boundary where the device needs it, then syncs once per the
-    /// sync mode. Returns each transaction's commit frame. Every transaction needs at
-    /// least one frame and a database size of at least 1.
-    pub fn append_commits(&mut self, cx: &Cx, txns: &[GroupedCommit<'_>]) -> Result<Vec<u32>> {
+    /// commit frame, so a crash keeps or drops each one whole and in order, then syncs
+    /// once per this file's sync mode. Returns each transaction's commit frame. Every
+    /// transaction needs at least one frame and a database size of at least 1.
+    ///
+    /// `caller_syncs`: the caller syncs the batch itself (a file attached with
+    /// [`SyncMode::Off`] whose owner places the syncs). When the batch will be synced
+    /// (by the caller or by this file's mode), its last commit is padded to a sector
+    /// boundary on a device without powersafe overwrite, as SQLite does, so the next
+    /// batch never writes into a sector holding acknowledged bytes.
+    pub fn append_commits(
+        &mut self,
+        cx: &Cx,
+        txns: &[GroupedCommit<'_>],
+        caller_syncs: bool,
+    ) -> Result<Vec<u32>> {
         let Some(h) = self.header else {
             return Err(self.no_header_error());
         };
@@ -880,8 +891,10 @@ impl<F: VfsFile> WalFile<F> {
             self.header_unsynced = false;
         }
         self.write_run(cx, &h, flat.len(), |k| flat[k])?;
+        let synced = caller_syncs || self.sync_mode.syncs_on_commit();
         let (last, running) = self.pad_to_sector(
             cx,
+            synced,
             &h,
             self.last_frame,
             self.last_checksum,
@@ -916,6 +929,7 @@ impl<F: VfsFile> WalFile<F> {
     fn pad_to_sector(
         &mut self,
         cx: &Cx,
+        synced: bool,
         h: &WalHeader,
         last: u32,
         running: [u32; 2],
@@ -924,7 +938,7 @@ impl<F: VfsFile> WalFile<F> {
         db_size: u32,
     ) -> Result<(u32, [u32; 2])> {
         let psow = self.file.device_characteristics() & iocap::POWERSAFE_OVERWRITE != 0;
-        if psow || !self.sync_mode.syncs_on_commit() {
+        if psow || !synced {
             return Ok((last, running));
         }
         let sector = u64::from(self.file.sector_size().clamp(512, 65536));

@@ -935,7 +935,7 @@ fn append_commits_equals_one_append_per_transaction() {
         .zip(&txns)
         .map(|(r, (_, c))| (r.as_slice(), c.unwrap()))
         .collect();
-    let ends = grouped.append_commits(&cx, &batch).unwrap();
+    let ends = grouped.append_commits(&cx, &batch, false).unwrap();
     assert_eq!(ends, vec![2, 3, 6]);
     assert_eq!(grouped.mx_frame(), 6);
     assert_eq!(grouped.n_page(), 7);
@@ -947,7 +947,7 @@ fn append_commits_equals_one_append_per_transaction() {
     assert_eq!(commits, vec![2, 3, 6]);
     assert_chain_by_reference(&file_b.bytes(), 4096, 6, false);
     // Empty batches write nothing; an empty transaction is refused.
-    assert!(grouped.append_commits(&cx, &[]).unwrap().is_empty());
-    assert!(grouped.append_commits(&cx, &[(&[], 3)]).is_err());
+    assert!(grouped.append_commits(&cx, &[], false).unwrap().is_empty());
+    assert!(grouped.append_commits(&cx, &[(&[], 3)], false).is_err());
     assert_eq!(grouped.mx_frame(), 6);
 }
