@@ -17,6 +17,7 @@
 //! | [`checkpoint`], [`checkpoint_executor`] | checkpoint decisions (pure) and the copy + barrier (I/O) |
 //! | [`connection`] | [`Wal`], [`ReadTxn`], [`WriteTxn`]: SQLite's locking and read-mark protocol |
 //! | [`locking_mode`] | SQLite's normal and exclusive locking modes ([`LockingMode`]) |
+//! | [`hooks`] | the busy handler, the commit hook and the one-call status ([`hooks::WalStatus`]) |
 //!
 //! ```
 //! use std::sync::Arc;
@@ -48,6 +49,7 @@ pub mod connection;
 pub mod db_header;
 pub mod format;
 pub mod frame_map;
+pub mod hooks;
 pub mod locking_mode;
 pub mod locks;
 pub mod recovery;
