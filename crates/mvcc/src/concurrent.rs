@@ -50,6 +50,8 @@ use fsqlite_error::{FrankenError, Result};
 use fsqlite_types::{Cx, PageNumber, PageSize, VfsOpenFlags};
 use fsqlite_vfs::{ShmRegion, Vfs, VfsFile, wal_read_lock};
 use fsqlite_wal::GroupedCommit;
+use fsqlite_wal::hooks::{BusyHandler, CommitHook, CommitInfo, ReadMarkStatus, WalStatus};
+use fsqlite_wal::locking_mode::LockingMode;
 use fsqlite_wal::checkpoint_executor::wal_frame_data_offset;
 use fsqlite_wal::locks;
 use fsqlite_wal::wal_index::{HeaderMemory, WAL_READ_MARK_COUNT, WALINDEX_PGSZ};
@@ -134,6 +136,7 @@ pub(crate) struct HybridShared<V: Vfs> {
     wal_reader: V::File,
     db_reader: V::File,
     wal_path: PathBuf,
+    db_path: PathBuf,
     group: GroupCommit<Request, Result<u32>>,
     counters: Counters,
     pub(crate) page_size: PageSize,
@@ -142,6 +145,14 @@ pub(crate) struct HybridShared<V: Vfs> {
     max_txn_pages: usize,
     max_read_set: usize,
     busy_timeout: Duration,
+    hooks: RwLock<Hooks>,
+}
+
+/// The engine hooks installed on the coordinator.
+#[derive(Default)]
+struct Hooks {
+    commit: Option<CommitHook>,
+    busy: Option<BusyHandler>,
 }
 
 /// What a transaction hands to the group commit.
@@ -211,6 +222,7 @@ impl<V: Vfs> HybridShared<V> {
         let max_read_set = core.options.max_read_set.max(1);
         let busy_timeout = core.options.busy_timeout;
         let wal_path = core.wal_path.clone();
+        let db_path = core.db_path.clone();
         Ok(Self {
             core: Mutex::new(core),
             slots: Mutex::new(ReadSlots {
@@ -222,6 +234,7 @@ impl<V: Vfs> HybridShared<V> {
             wal_reader,
             db_reader,
             wal_path,
+            db_path,
             group: GroupCommit::new(),
             counters: Counters::default(),
             page_size,
@@ -230,6 +243,7 @@ impl<V: Vfs> HybridShared<V> {
             max_txn_pages,
             max_read_set,
             busy_timeout,
+            hooks: RwLock::new(Hooks::default()),
         })
     }
 
@@ -278,6 +292,8 @@ impl<V: Vfs> HybridShared<V> {
             reads: HashSet::new(),
             read_all: false,
             writes: BTreeMap::new(),
+            undo: Vec::new(),
+            undo_images: 0,
             done: false,
         })
     }
@@ -287,6 +303,7 @@ impl<V: Vfs> HybridShared<V> {
     /// is still the newest, else retry.
     fn acquire_snapshot(&self, cx: &Cx) -> Result<(Snapshot, usize)> {
         let busy_timeout = self.busy_timeout;
+        let busy = self.hooks.read().busy.clone();
         let start = std::time::Instant::now();
         let mut attempt = 0u32;
         loop {
@@ -294,13 +311,69 @@ impl<V: Vfs> HybridShared<V> {
             if let Some(got) = self.try_acquire_snapshot(cx)? {
                 return Ok(got);
             }
+            let go_on = match &busy {
+                Some(handler) => handler(attempt),
+                None => start.elapsed() < busy_timeout,
+            };
             attempt += 1;
-            if start.elapsed() >= busy_timeout {
+            if !go_on {
                 tracing::debug!(target: TRACE, attempt, "no read mark could be had");
                 return Err(FrankenError::Busy);
             }
             std::thread::sleep(Duration::from_micros(u64::from(attempt.min(100)) * 20));
         }
+    }
+
+    pub(crate) fn set_commit_hook(&self, hook: Option<CommitHook>) {
+        self.hooks.write().commit = hook;
+    }
+
+    pub(crate) fn set_busy_handler(&self, handler: Option<BusyHandler>) {
+        self.hooks.write().busy = handler;
+    }
+
+    /// The one-call status (see [`WalStatus`]); read marks held by this process's
+    /// transactions count as in use, the others are probed with a try-lock.
+    pub(crate) fn status(&self, cx: &Cx) -> Result<WalStatus> {
+        let st = self.legacy_state();
+        let hdr = st.legacy_hdr();
+        let (mx, n_page) = self.newest();
+        let mut guard = self.slots.lock();
+        let slots = &mut *guard;
+        if slots.region0.is_none() {
+            slots.region0 = slots.file.shm_map(cx, 0, WALINDEX_PGSZ as u32, false)?;
+        }
+        let Some(r0) = slots.region0.clone() else {
+            return Err(FrankenError::internal("WAL-index region 0 is not mapped"));
+        };
+        let mut read_marks = Vec::with_capacity(WAL_READ_MARK_COUNT);
+        for slot in 0..WAL_READ_MARK_COUNT {
+            let in_use = if slots.held[slot].1 > 0 {
+                true
+            } else {
+                let lock = wal_read_lock(slot as u32);
+                let free = locks::try_exclusive(&mut slots.file, cx, lock, 1)?;
+                if free {
+                    locks::unlock_exclusive(&mut slots.file, cx, lock, 1)?;
+                }
+                !free
+            };
+            read_marks.push(ReadMarkStatus {
+                slot,
+                mark: r0.read_mark(slot),
+                in_use,
+            });
+        }
+        Ok(WalStatus {
+            wal_frames: mx,
+            backfilled: r0.n_backfill(),
+            backfill_attempted: r0.n_backfill_attempted(),
+            db_size: n_page,
+            page_size: self.page_size.get(),
+            read_marks,
+            locking_mode: LockingMode::Normal,
+            salts: hdr.wal_salts(),
+        })
     }
 
     fn current(&self) -> Snapshot {
@@ -594,6 +667,16 @@ impl<V: Vfs> HybridShared<V> {
                     v.mx = last;
                     v.n_page = n_page;
                     drop(v);
+                    if let Some(hook) = self.hooks.read().commit.clone() {
+                        for (a, &end) in accepted.iter().zip(&ends) {
+                            hook(&CommitInfo {
+                                db_path: &self.db_path,
+                                wal_frames: last,
+                                commit_frame: end,
+                                db_size: a.db_size,
+                            });
+                        }
+                    }
                     self.counters.batches.fetch_add(1, Ordering::Relaxed);
                     self.counters.wal_syncs.fetch_add(syncs, Ordering::Relaxed);
                     tracing::debug!(target: TRACE, transactions = accepted.len(), mx_frame = last,
@@ -767,7 +850,25 @@ pub struct ConcurrentTxn<'a, V: Vfs> {
     reads: HashSet<u32>,
     read_all: bool,
     writes: BTreeMap<u32, Box<[u8]>>,
+    /// Savepoint levels: per level, the image each page had in the write set before the
+    /// level first wrote it (`None`: the page was not in the write set).
+    undo: Vec<HashMap<u32, Option<Box<[u8]>>>>,
+    /// Page images held by `undo` (counted against `max_txn_pages` with the write set).
+    undo_images: usize,
     done: bool,
+}
+
+/// A savepoint of a [`ConcurrentTxn`] (SQLite's `SAVEPOINT`): its nesting depth. Once
+/// released (or closed by releasing or rolling back to an enclosing one), a value names
+/// whatever savepoint is opened at that depth next, as a reused name does in SQLite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Savepoint(usize);
+
+impl Savepoint {
+    /// The nesting depth (1 for the outermost savepoint).
+    pub fn depth(self) -> usize {
+        self.0
+    }
 }
 
 impl<V: Vfs> std::fmt::Debug for ConcurrentTxn<'_, V> {
@@ -821,28 +922,137 @@ impl<V: Vfs> ConcurrentTxn<'_, V> {
     }
 
     /// Writes `page` into the private write set (visible to this transaction's reads
-    /// only, until commit). At most `CoordinatorOptions::max_txn_pages` distinct pages.
+    /// only, until commit). At most `CoordinatorOptions::max_txn_pages` page images in
+    /// all (distinct pages written plus the images savepoints keep to undo).
     pub fn write_page(&mut self, cx: &Cx, page: PageNumber, data: &[u8]) -> Result<()> {
         cx.checkpoint()?;
         self.shared.check_buf(data.len(), &format!("page {page}"))?;
-        let n = self.writes.len();
-        match self.writes.entry(page.get()) {
+        let key = page.get();
+        let prior = self.writes.contains_key(&key);
+        let first_at_level = self.undo.last().is_some_and(|l| !l.contains_key(&key));
+        let after = self.writes.len()
+            + usize::from(!prior)
+            + self.undo_images
+            + usize::from(first_at_level && prior);
+        if after > self.shared.max_txn_pages {
+            return Err(self.too_many_pages(after));
+        }
+        if first_at_level {
+            let before = self.writes.get(&key).cloned();
+            self.undo_images += usize::from(before.is_some());
+            if let Some(level) = self.undo.last_mut() {
+                level.insert(key, before);
+            }
+        }
+        match self.writes.entry(key) {
             std::collections::btree_map::Entry::Occupied(mut o) => {
                 o.get_mut().copy_from_slice(data);
             }
             std::collections::btree_map::Entry::Vacant(slot) => {
-                if n >= self.shared.max_txn_pages {
-                    return Err(FrankenError::out_of_range(
-                        format!(
-                            "pages written by one concurrent transaction (limit \
-                             CoordinatorOptions::max_txn_pages = {}; commit in smaller \
-                             transactions or raise the limit)",
-                            self.shared.max_txn_pages
-                        ),
-                        n + 1,
-                    ));
-                }
                 slot.insert(Box::from(data));
+            }
+        }
+        Ok(())
+    }
+
+    fn too_many_pages(&self, n: usize) -> FrankenError {
+        let limit = self.shared.max_txn_pages;
+        FrankenError::out_of_range(
+            format!(
+                "pages written by one concurrent transaction (limit \
+                 CoordinatorOptions::max_txn_pages = {limit}, savepoint undo images \
+                 included; commit in smaller transactions or raise the limit)"
+            ),
+            n,
+        )
+    }
+
+    /// Opens a savepoint (nested inside any open one): [`ConcurrentTxn::rollback_to`]
+    /// it to undo the writes made since, [`ConcurrentTxn::release`] it to keep them.
+    /// Memory: one page image per page first overwritten inside the savepoint.
+    ///
+    /// ```no_run
+    /// # fn f(db: &fsqlite_mvcc::Coordinator<fsqlite_vfs::UnixVfs>, cx: &fsqlite_types::Cx) -> fsqlite_error::Result<()> {
+    /// use fsqlite_types::PageNumber;
+    /// let (p, q) = (PageNumber::new(5).unwrap(), PageNumber::new(6).unwrap());
+    /// let page = vec![1u8; db.page_size() as usize];
+    /// let mut txn = db.begin_concurrent(cx)?;
+    /// txn.write_page(cx, p, &page)?;
+    /// let sp = txn.savepoint();
+    /// txn.write_page(cx, q, &page)?;
+    /// txn.rollback_to(sp)?;          // q is no longer written; p still is
+    /// txn.release(sp)?;
+    /// assert_eq!(txn.pages_written(), 1);
+    /// txn.commit(cx, txn.db_size().max(5))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn savepoint(&mut self) -> Savepoint {
+        self.undo.push(HashMap::new());
+        Savepoint(self.undo.len())
+    }
+
+    fn check_savepoint(&self, sp: Savepoint) -> Result<()> {
+        if sp.0 == 0 || sp.0 > self.undo.len() {
+            return Err(FrankenError::out_of_range(
+                format!(
+                    "savepoint depth (this transaction has {} open savepoints; a savepoint \
+                     is gone once it or an enclosing one is released)",
+                    self.undo.len()
+                ),
+                sp.0,
+            ));
+        }
+        Ok(())
+    }
+
+    fn undo_level(&mut self, level: HashMap<u32, Option<Box<[u8]>>>) {
+        for (page, before) in level {
+            match before {
+                Some(img) => {
+                    self.undo_images -= 1;
+                    self.writes.insert(page, img);
+                }
+                None => {
+                    self.writes.remove(&page);
+                }
+            }
+        }
+    }
+
+    /// Undoes every write made since `sp` was opened (nested savepoints inside it are
+    /// closed); `sp` itself stays open, as SQLite's `ROLLBACK TO` leaves it. Pages read
+    /// since stay in the read set (they were read).
+    pub fn rollback_to(&mut self, sp: Savepoint) -> Result<()> {
+        self.check_savepoint(sp)?;
+        while self.undo.len() > sp.0 {
+            if let Some(level) = self.undo.pop() {
+                self.undo_level(level);
+            }
+        }
+        if let Some(level) = self.undo.last_mut().map(std::mem::take) {
+            self.undo_level(level);
+        }
+        Ok(())
+    }
+
+    /// Closes `sp` and every savepoint nested in it, keeping their writes (merged into
+    /// the enclosing savepoint, if any).
+    pub fn release(&mut self, sp: Savepoint) -> Result<()> {
+        self.check_savepoint(sp)?;
+        while self.undo.len() >= sp.0 {
+            let Some(level) = self.undo.pop() else { break };
+            for (page, before) in level {
+                let dropped = match self.undo.last_mut() {
+                    Some(parent) => match parent.entry(page) {
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(before);
+                            false
+                        }
+                        std::collections::hash_map::Entry::Occupied(_) => before.is_some(),
+                    },
+                    None => before.is_some(),
+                };
+                self.undo_images -= usize::from(dropped);
             }
         }
         Ok(())

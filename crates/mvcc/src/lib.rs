@@ -41,7 +41,7 @@ pub use compat::{
     CompatMode, CoordinatorProbeResult, HybridShmState, ReadLockOutcome, RecoveryPlan,
     ShmInspection, UpdatedLegacyShm, begin_concurrent_check, choose_reader_slot,
 };
-pub use concurrent::{ConcurrencyStats, ConcurrentTxn};
+pub use concurrent::{ConcurrencyStats, ConcurrentTxn, Savepoint};
 pub use coordinator::{
     Coordinator, CoordinatorOptions, KILL_AT_ENV, KillAt, KillPoint, ProbeReport, Takeover,
 };
