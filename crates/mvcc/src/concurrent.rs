@@ -50,9 +50,9 @@ use fsqlite_error::{FrankenError, Result};
 use fsqlite_types::{Cx, PageNumber, PageSize, VfsOpenFlags};
 use fsqlite_vfs::{ShmRegion, Vfs, VfsFile, wal_read_lock};
 use fsqlite_wal::GroupedCommit;
+use fsqlite_wal::checkpoint_executor::wal_frame_data_offset;
 use fsqlite_wal::hooks::{BusyHandler, CommitHook, CommitInfo, ReadMarkStatus, WalStatus};
 use fsqlite_wal::locking_mode::LockingMode;
-use fsqlite_wal::checkpoint_executor::wal_frame_data_offset;
 use fsqlite_wal::locks;
 use fsqlite_wal::wal_index::{HeaderMemory, WAL_READ_MARK_COUNT, WALINDEX_PGSZ};
 use parking_lot::{Mutex, RwLock};
@@ -324,16 +324,28 @@ impl<V: Vfs> HybridShared<V> {
         }
     }
 
+    #[allow(
+        dead_code,
+        reason = "made public on Coordinator together with the Wal side"
+    )]
     pub(crate) fn set_commit_hook(&self, hook: Option<CommitHook>) {
         self.hooks.write().commit = hook;
     }
 
+    #[allow(
+        dead_code,
+        reason = "made public on Coordinator together with the Wal side"
+    )]
     pub(crate) fn set_busy_handler(&self, handler: Option<BusyHandler>) {
         self.hooks.write().busy = handler;
     }
 
     /// The one-call status (see [`WalStatus`]); read marks held by this process's
     /// transactions count as in use, the others are probed with a try-lock.
+    #[allow(
+        dead_code,
+        reason = "made public on Coordinator together with the Wal side"
+    )]
     pub(crate) fn status(&self, cx: &Cx) -> Result<WalStatus> {
         let st = self.legacy_state();
         let hdr = st.legacy_hdr();

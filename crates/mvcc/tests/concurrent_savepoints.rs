@@ -31,7 +31,9 @@ fn nested_savepoints_match_a_model() {
     let coord = common::open(&db, common::options()).unwrap();
     let cx = Cx::new();
     let base = coord.db_size(&cx).unwrap();
-    let pages: Vec<PageNumber> = (1..=6).map(|k| PageNumber::new(base + k).unwrap()).collect();
+    let pages: Vec<PageNumber> = (1..=6)
+        .map(|k| PageNumber::new(base + k).unwrap())
+        .collect();
     let size = base + 6;
     for seed in 0..12u64 {
         let mut rng = Rng::new(0x5a7e_0000 + seed);
@@ -79,14 +81,22 @@ fn nested_savepoints_match_a_model() {
             // The transaction reads its model view at every step.
             let p = pages[rng.below(pages.len() as u64) as usize];
             txn.read_page(&cx, p, &mut buf).unwrap();
-            assert_eq!(value(&buf), view[&p.get()], "seed {seed} step {step} page {p}");
+            assert_eq!(
+                value(&buf),
+                view[&p.get()],
+                "seed {seed} step {step} page {p}"
+            );
         }
         let written = view.iter().filter(|(p, v)| committed[p] != **v).count();
         assert!(txn.pages_written() >= written);
         txn.commit(&cx, size).unwrap();
         for p in &pages {
             coord.read_page(&cx, *p, &mut buf).unwrap();
-            assert_eq!(value(&buf), view[&p.get()], "seed {seed}: committed page {p}");
+            assert_eq!(
+                value(&buf),
+                view[&p.get()],
+                "seed {seed}: committed page {p}"
+            );
         }
     }
     coord.close(&cx).unwrap();
