@@ -42,7 +42,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use fsqlite_testkit::serde_json::{self, Value, json};
@@ -75,12 +75,27 @@ static HEAP_PEAK: AtomicUsize = AtomicUsize::new(0);
 /// The system allocator plus two counters.
 struct CountingAlloc;
 
+/// Whether the counters run (on, except for `bench-concurrent`: see [`stop_counting_heap`]).
+static COUNTING: AtomicBool = AtomicBool::new(true);
+
+/// Switches the counters off for the rest of the process, so multi-threaded benchmarks
+/// do not pay two contended atomic updates per allocation (`bench-concurrent`).
+pub fn stop_counting_heap() {
+    COUNTING.store(false, Ordering::Relaxed);
+}
+
 fn heap_grew(bytes: usize) {
+    if !COUNTING.load(Ordering::Relaxed) {
+        return;
+    }
     let now = HEAP_NOW.fetch_add(bytes, Ordering::Relaxed) + bytes;
     HEAP_PEAK.fetch_max(now, Ordering::Relaxed);
 }
 
 fn heap_shrank(bytes: usize) {
+    if !COUNTING.load(Ordering::Relaxed) {
+        return;
+    }
     HEAP_NOW.fetch_sub(bytes, Ordering::Relaxed);
 }
 

@@ -5,11 +5,13 @@
 //! | `ci` | exactly what `.ci/run` runs: fmt check, clippy, the workspace tests, loom smoke |
 //! | `loom [--bound N]` | the loom models (release, `--cfg loom`, bounded preemptions) |
 //! | `bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep]` | recovery and TRUNCATE checkpoint side by side with SQLite on identical WAL copies (release; see `xtask/src/bench_vs_sqlite.rs` and `docs/BENCHMARKS.md`) |
+//! | `bench-concurrent [--secs S] [--quick] [--writers 1,8] [--sync full,normal] [--pattern disjoint,random,hot] [--rows N] [--rounds N] [--dir DIR] [--keep] [--sqlite-autocheckpoint N] [--side ours|sqlite]` | `BEGIN CONCURRENT` writers side by side with SQLite, one connection per thread (release; see `xtask/src/bench_concurrent.rs` and `docs/BENCHMARKS.md`) |
 //! | `kill9 [--budget-secs N] [--seed S] [--keep-going]` | the multi-process kill -9 soak (release) until the budget ends; writes `target/test-stats/kill9.json` (see [`kill9`]) |
 //! | `reliability [--budget-secs N] [--seed S]`, `crash-sim`, `io-fault`, `diff-case`, `fuzz [--budget-secs N]` | the reliability suite and its replays (see [`reliability`]) |
 //!
 //! Long runs live here, never in CI: each takes a budget and writes its figures.
 
+mod bench_concurrent;
 mod bench_vs_sqlite;
 mod kill9;
 mod reliability;
@@ -78,7 +80,7 @@ fn ci() -> Result<(), String> {
 }
 
 fn usage() -> String {
-    "usage: cargo xtask <ci | loom [--bound N] | bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep] | kill9 [--budget-secs N] [--seed S] | reliability [--budget-secs N] [--seed S] | crash-sim --seed S --workload W --case K | io-fault ... | diff-case --seed S --case C | fuzz [--budget-secs N]>"
+    "usage: cargo xtask <ci | loom [--bound N] | bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep] | bench-concurrent [--secs S] [--quick] [--writers 1,8] [--sync full,normal] [--pattern disjoint,random,hot] [--rows N] [--rounds N] [--dir DIR] [--keep] [--sqlite-autocheckpoint N] [--side ours|sqlite] | kill9 [--budget-secs N] [--seed S] | reliability [--budget-secs N] [--seed S] | crash-sim --seed S --workload W --case K | io-fault ... | diff-case --seed S --case C | fuzz [--budget-secs N]>"
         .to_string()
 }
 
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
         Some("loom") => parse_flag(&args, "--bound")
             .and_then(|b| loom(u32::try_from(b.unwrap_or(2)).unwrap_or(2))),
         Some("bench-vs-sqlite") => bench_vs_sqlite::run(&args[1..]),
+        Some("bench-concurrent") => bench_concurrent::run(&args[1..]),
         Some("kill9") => kill9::run(&args[1..]),
         Some("reliability") => reliability::reliability(&args[1..]),
         Some("fuzz") => reliability::fuzz(&args[1..]),

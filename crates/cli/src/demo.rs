@@ -146,7 +146,7 @@ pub fn run_demo_with(
             exe: opts.exe.clone(),
         };
         Some(run_bank_demo(dir.path(), &bank, |m| {
-            pb.set_message(m.to_owned())
+            pb.set_message(m.to_owned());
         })?)
     } else {
         None

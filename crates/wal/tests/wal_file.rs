@@ -930,7 +930,7 @@ fn append_commits_equals_one_append_per_transaction() {
                 .collect()
         })
         .collect();
-    let batch: Vec<(&[(fsqlite_types::PageNumber, &[u8])], u32)> = refs
+    let batch: Vec<fsqlite_wal::GroupedCommit<'_>> = refs
         .iter()
         .zip(&txns)
         .map(|(r, (_, c))| (r.as_slice(), c.unwrap()))
