@@ -2,7 +2,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `ci` | exactly what `.ci/run` runs: fmt check, clippy, the workspace tests, loom smoke |
+//! | `ci` | exactly what `.ci/run` runs: fmt check, clippy, the workspace tests, rustdoc `-D warnings`, `cargo package` of the library crates, loom smoke |
 //! | `loom [--bound N]` | the loom models (release, `--cfg loom`, bounded preemptions) |
 //! | `bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep]` | recovery and TRUNCATE checkpoint side by side with SQLite on identical WAL copies (release; see `xtask/src/bench_vs_sqlite.rs` and `docs/BENCHMARKS.md`) |
 //! | `bench-concurrent [--secs S] [--quick] [--writers 1,8] [--sync full,normal] [--pattern disjoint,random,hot] [--rows N] [--rounds N] [--dir DIR] [--keep] [--sqlite-autocheckpoint N] [--side ours|sqlite]` | `BEGIN CONCURRENT` writers side by side with SQLite, one connection per thread (release; see `xtask/src/bench_concurrent.rs` and `docs/BENCHMARKS.md`) |
@@ -18,6 +18,16 @@ mod reliability;
 
 use std::env;
 use std::process::{Command, ExitCode};
+
+/// The crates `cargo package` checks in CI (fsqlite-cli is left out: its demo depends on
+/// fsqlite-testkit, which is not published).
+const LIBRARY_CRATES: &[&str] = &[
+    "fsqlite-error",
+    "fsqlite-types",
+    "fsqlite-vfs",
+    "fsqlite-wal",
+    "fsqlite-mvcc",
+];
 
 /// The loom test targets, as `(package, test target)`.
 const LOOM_TARGETS: &[(&str, &str)] = &[
@@ -76,6 +86,15 @@ fn ci() -> Result<(), String> {
         "warnings",
     ]))?;
     run(cargo().args(["test", "--workspace"]))?;
+    run(cargo()
+        .args(["doc", "--workspace", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
+    let mut package = cargo();
+    package.args(["package", "--allow-dirty"]);
+    for krate in LIBRARY_CRATES {
+        package.args(["-p", krate]);
+    }
+    run(&mut package)?;
     loom(2)
 }
 

@@ -106,6 +106,11 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Commits that were never synced may be lost here (synchronous=OFF or NORMAL):
+        /// commit frames past the WAL's first bad frame make `wal_chain` warn instead of
+        /// fail.
+        #[arg(long)]
+        allow_lost_tail: bool,
     },
     /// Run a checkpoint through fsqlite's recovery barrier (copy, full fsync, read back and
     /// verify, only then advance nBackfill or reset the WAL) and print SQLite's triple.
@@ -318,8 +323,12 @@ fn run(command: Command) -> CliResult<ExitStatus> {
             }
             Ok(ExitStatus::Success)
         }
-        Command::Verify { db, json } => {
-            let r = verify::verify(&db)?;
+        Command::Verify {
+            db,
+            json,
+            allow_lost_tail,
+        } => {
+            let r = verify::verify_with(&db, verify::VerifyOptions { allow_lost_tail })?;
             if json {
                 print_json(&r)?;
             } else {

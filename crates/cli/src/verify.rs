@@ -2,9 +2,9 @@
 //!
 //! | check | what it proves | fails when |
 //! |---|---|---|
-//! | `database_header` | the file is a SQLite database, its page size, WAL mode | never (a non-database is an error, exit 3); warns when not in WAL mode or the size is not whole pages |
+//! | `database_header` | the file is a SQLite database, its page size, WAL mode | never (a non-database, or a file shorter than the 100-byte header, is an error, exit 3); warns when not in WAL mode or the size is not whole pages |
 //! | `wal_header` | the WAL header passes magic, page size, checksum, version, and matches the database page size | a header that is invalid while frames follow it, an unknown version, another page size |
-//! | `wal_chain` | the checksum chain of the valid prefix, and why it ends | never by itself (a torn tail is what a crash leaves); warns when it ends at a bad frame |
+//! | `wal_chain` | the checksum chain of the valid prefix, and why it ends | when the prefix ends at a bad frame (checksum, salts, page 0) and a later frame with the current salts is a commit frame: committed transactions past the damage are lost, which a torn tail cannot explain (only a warning with `--allow-lost-tail`); warns when it ends at a bad frame with no commit after it (a torn tail, what a crash leaves) |
 //! | `shm_header` | the two `-shm` header copies agree, are initialized and checksum | an unknown WAL-index version; warns when a reader would refuse the header (the next connection rebuilds it) |
 //! | `shm_matches_wal` | the `-shm` header describes the WAL: salts, page size, word order, `mxFrame` is a valid commit frame with that `nPage` and `aFrameCksum`; `nBackfill ≤ nBackfillAttempted ≤ mxFrame`; read marks `≤ mxFrame` | always when `mxFrame` (same salts) lies past the WAL's valid prefix: committed frames are damaged; any other mismatch while a process is attached (readers trust it); only a warning when nobody is attached, since the next opener discards the `-shm` |
 //! | `shm_hash_index` | every frame `1..=mxFrame` is in the hash tables with its page, and every page looks up to its newest frame | as `shm_matches_wal` |
@@ -12,20 +12,23 @@
 //! | `page_trailers` | where the database reserves ≥ 16 bytes per page: every database page and every committed WAL frame carries a correct xxh3-128 trailer | any trailer is wrong |
 //!
 //! Statuses: `ok`, `warn`, `fail`, `skip`. The exit status is 1 when any check fails, else
-//! 0. Nothing is locked, so on a database that is being written the checks see a
+//! 0 (3 when verify cannot run, e.g. the file is not a database). Nothing is locked, so on a database that is being written the checks see a
 //! snapshot; a transient `warn` (e.g. a writer between its WAL write and its `-shm`
 //! publish) should disappear when run again.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
+use fsqlite_error::FrankenError;
 use fsqlite_types::Cx;
 use fsqlite_vfs::unix::PENDING_BYTE;
 use fsqlite_wal::checkpoint_executor::wal_frame_data_offset;
 use fsqlite_wal::checksum::{WAL_FRAME_HEADER_SIZE, page_digest, verify_page_checksum};
-use fsqlite_wal::db_header::DbHeader;
+use fsqlite_wal::db_header::{DB_HEADER_SIZE, DbHeader};
 use fsqlite_wal::format::{FrameHeader, frame_offset, frames_in_file};
 use fsqlite_wal::wal_index::{
     HashSegment, HeapRegions, READMARK_NOT_USED, WAL_INDEX_VERSION, WALINDEX_PGSZ, WalIndexHdr,
@@ -88,6 +91,36 @@ pub struct Counts {
     pub skip: u32,
 }
 
+/// Options of `verify`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VerifyOptions {
+    /// `--allow-lost-tail`: commit frames after the WAL's first bad frame are expected
+    /// (commits that were never synced may be lost, e.g. `synchronous=OFF` or `NORMAL`),
+    /// so `wal_chain` only warns about them instead of failing.
+    pub allow_lost_tail: bool,
+}
+
+/// Where the WAL's valid prefix ends at a frame, and what lies past it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct WalBreak {
+    /// Why the prefix ends there: `checksum_mismatch`, `salt_mismatch`,
+    /// `zero_page_number` or `partial_frame`.
+    pub reason: &'static str,
+    /// The first frame that is not part of the valid prefix.
+    pub frame: u32,
+    /// Its byte offset in the WAL.
+    pub offset: u64,
+    /// Whole frames after it, up to the end of the file, whose header carries the WAL
+    /// header's (current) salts.
+    pub later_current_salt_frames: u32,
+    /// Those of them whose header marks a commit (database size after commit != 0).
+    pub later_commit_frames: u32,
+    /// The first of those commit frames (`None` when there is none).
+    pub first_later_commit_frame: Option<u32>,
+    /// The last of those commit frames (`None` when there is none).
+    pub last_later_commit_frame: Option<u32>,
+}
+
 /// What `verify` reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct VerifyReport {
@@ -97,6 +130,11 @@ pub struct VerifyReport {
     pub ok: bool,
     /// True when some process had the database open (DMS held) during the checks.
     pub attached: bool,
+    /// True when `--allow-lost-tail` was given.
+    pub allow_lost_tail: bool,
+    /// Where the WAL's valid prefix ends at a frame (`None` when it runs to the end of
+    /// the file, or there is no valid WAL).
+    pub wal_break: Option<WalBreak>,
     /// Every check, in the order of the module docs.
     pub checks: Vec<Check>,
     /// Totals per status.
@@ -105,6 +143,7 @@ pub struct VerifyReport {
 
 struct Ctx<'a> {
     files: &'a DbFiles,
+    opts: VerifyOptions,
     db_header: Option<DbHeader>,
     db_size: u64,
     scan: WalScan,
@@ -120,10 +159,20 @@ fn check(name: &'static str, status: CheckStatus, detail: impl Into<String>) -> 
     }
 }
 
-/// Runs every check on the database at `db` (see the module docs).
+/// Runs every check on the database at `db` with the default options (see the module
+/// docs).
 pub fn verify(db: &Path) -> CliResult<VerifyReport> {
+    verify_with(db, VerifyOptions::default())
+}
+
+/// Runs every check on the database at `db` (see the module docs).
+pub fn verify_with(db: &Path, opts: VerifyOptions) -> CliResult<VerifyReport> {
     let cx = Cx::new();
     let files = DbFiles::new(db);
+    let len = files.require_db_file()?;
+    if len > 0 && len < DB_HEADER_SIZE as u64 {
+        return Err(DbHeader::too_short(&files.db, len).into());
+    }
     let (db_size, db_header) = read_db_header(&files)?;
     let scan = scan_wal(&cx, &files)?;
     let shm_len = shm_bytes_needed(&scan);
@@ -131,14 +180,16 @@ pub fn verify(db: &Path) -> CliResult<VerifyReport> {
     let attached = dms_holder(&files.shm)?.is_some();
     let ctx = Ctx {
         files: &files,
+        opts,
         db_header,
         db_size,
         scan,
         shm,
         attached,
     };
+    let wal_break = find_wal_break(&ctx)?;
     let mut checks = vec![check_database(&ctx), check_wal_header(&ctx)];
-    checks.push(check_wal_chain(&ctx)?);
+    checks.push(check_wal_chain(&ctx, wal_break.as_ref()));
     checks.push(check_shm_header(&ctx));
     let consistent = check_shm_matches_wal(&ctx);
     let usable = consistent.status == CheckStatus::Ok;
@@ -175,6 +226,8 @@ pub fn verify(db: &Path) -> CliResult<VerifyReport> {
         database: files.db.display().to_string(),
         ok: counts.fail == 0,
         attached,
+        allow_lost_tail: opts.allow_lost_tail,
+        wal_break,
         checks,
         counts,
     })
@@ -293,45 +346,77 @@ fn check_wal_header(ctx: &Ctx<'_>) -> Check {
     )
 }
 
-/// Frames after `first_bad` (up to the end of the file) that carry the header's salts:
-/// `(count, commit frames among them)`.
-fn same_salt_frames_after(ctx: &Ctx<'_>, r: &ScanReport, first_bad: u32) -> CliResult<(u32, u32)> {
-    let Some(h) = r.header else {
-        return Ok((0, 0));
+/// Where the valid prefix of a WAL with a valid header ends at a frame, with what the
+/// frame headers past it say (see [`WalBreak`]).
+fn find_wal_break(ctx: &Ctx<'_>) -> CliResult<Option<WalBreak>> {
+    let Some(r) = ctx.scan.report.filter(|r| r.header.is_some()) else {
+        return Ok(None);
     };
-    let Some(f) = open_read_only(&ctx.files.wal)? else {
-        return Ok((0, 0));
+    let (reason, frame) = match r.stop {
+        StopReason::EndOfFile | StopReason::EmptyOrInvalidHeader { .. } => return Ok(None),
+        StopReason::PartialFrame { frame, .. } => ("partial_frame", frame),
+        StopReason::SaltMismatch { frame } => ("salt_mismatch", frame),
+        StopReason::ZeroPageNumber { frame } => ("zero_page_number", frame),
+        StopReason::ChecksumMismatch { frame } => ("checksum_mismatch", frame),
     };
-    let total = frames_in_file(r.file_size, h.page_size);
-    let (mut n, mut commits) = (0, 0);
-    for frame in first_bad.saturating_add(1)..=total {
-        let bytes = read_at(
-            &f,
-            &ctx.files.wal,
-            frame_offset(frame, h.page_size),
-            WAL_FRAME_HEADER_SIZE,
-        )?;
-        let Ok(fh) = FrameHeader::decode(&bytes) else {
-            break;
-        };
-        if fh.salt == h.salt {
-            n += 1;
-            if fh.is_commit() {
-                commits += 1;
-            }
-        }
+    let mut b = WalBreak {
+        reason,
+        frame,
+        offset: r.stop_offset,
+        later_current_salt_frames: 0,
+        later_commit_frames: 0,
+        first_later_commit_frame: None,
+        last_later_commit_frame: None,
+    };
+    if reason != "partial_frame" {
+        scan_frames_after(ctx, &r, &mut b)?;
     }
-    Ok((n, commits))
+    Ok(Some(b))
 }
 
-fn check_wal_chain(ctx: &Ctx<'_>) -> CliResult<Check> {
+/// Reads the 24-byte header of every whole frame after `b.frame`, up to the size the
+/// scan saw (never past the end of the file, one fixed buffer), and counts those that
+/// carry the WAL header's salts and those of them that are commit frames.
+fn scan_frames_after(ctx: &Ctx<'_>, r: &ScanReport, brk: &mut WalBreak) -> CliResult<()> {
+    let Some(h) = r.header else {
+        return Ok(());
+    };
+    let Some(file) = open_read_only(&ctx.files.wal)? else {
+        return Ok(());
+    };
+    let total = frames_in_file(r.file_size, h.page_size);
+    let mut buf = [0u8; WAL_FRAME_HEADER_SIZE];
+    for frame in brk.frame.saturating_add(1)..=total {
+        match file.read_exact_at(&mut buf, frame_offset(frame, h.page_size)) {
+            Ok(()) => {}
+            // The file shrank since the scan (a checkpoint reset it): stop there.
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(err) => {
+                return Err(FrankenError::io("read", Some(ctx.files.wal.clone()), err).into());
+            }
+        }
+        let fh = FrameHeader::decode(&buf)?;
+        if fh.salt != h.salt {
+            continue;
+        }
+        brk.later_current_salt_frames += 1;
+        if fh.is_commit() {
+            brk.later_commit_frames += 1;
+            brk.first_later_commit_frame.get_or_insert(frame);
+            brk.last_later_commit_frame = Some(frame);
+        }
+    }
+    Ok(())
+}
+
+fn check_wal_chain(ctx: &Ctx<'_>, wal_break: Option<&WalBreak>) -> Check {
     const NAME: &str = "wal_chain";
     let Some(r) = ctx.scan.report.filter(|r| r.header.is_some()) else {
-        return Ok(check(
+        return check(
             NAME,
             CheckStatus::Skip,
             "no valid WAL header: no frames to chain",
-        ));
+        );
     };
     let summary = format!(
         "{} valid frames, {} commits, mxFrame {} (database size {} pages), {} uncommitted",
@@ -341,52 +426,81 @@ fn check_wal_chain(ctx: &Ctx<'_>) -> CliResult<Check> {
         r.n_page,
         r.uncommitted_frames()
     );
-    Ok(match r.stop {
-        StopReason::EndOfFile | StopReason::EmptyOrInvalidHeader { .. } => check(
+    let what = match r.stop {
+        StopReason::EndOfFile | StopReason::EmptyOrInvalidHeader { .. } => {
+            return check(
+                NAME,
+                CheckStatus::Ok,
+                format!("{summary}; the chain runs to the end of the file"),
+            );
+        }
+        StopReason::PartialFrame { frame, bytes } => {
+            return check(
+                NAME,
+                CheckStatus::Warn,
+                format!(
+                    "{summary}; frame {frame} is partial ({bytes} bytes at offset {}): a write torn by a crash, never acknowledged",
+                    r.stop_offset
+                ),
+            );
+        }
+        StopReason::SaltMismatch { .. } => "carries other salts than the WAL header",
+        StopReason::ZeroPageNumber { .. } => "has page number 0",
+        StopReason::ChecksumMismatch { .. } => "fails its checksum",
+    };
+    let Some(b) = wal_break else {
+        return check(NAME, CheckStatus::Fail, "the WAL could not be scanned");
+    };
+    let (frame, offset, later) = (b.frame, b.offset, b.later_current_salt_frames);
+    if let (Some(first), Some(last)) = (b.first_later_commit_frame, b.last_later_commit_frame) {
+        let lost = format!(
+            "{summary}; frame {frame} (offset {offset}) {what}, but {later} later frames carry the current salts and {} of them are commit frames (the first is frame {first}, the last frame {last}): transactions committed after the damage are lost (recovery keeps only the commits up to frame {}, and the next writer overwrites the rest), which a write torn by a crash at the tail cannot explain",
+            b.later_commit_frames, r.mx_frame
+        );
+        return if ctx.opts.allow_lost_tail {
+            check(
+                NAME,
+                CheckStatus::Warn,
+                format!(
+                    "{lost}; only a warning because of --allow-lost-tail (commits that were never synced may be lost)"
+                ),
+            )
+        } else {
+            check(
+                NAME,
+                CheckStatus::Fail,
+                format!(
+                    "{lost}; copy {} somewhere safe before any writer opens the database, and pass --allow-lost-tail only if unsynced commits may be lost here (synchronous=OFF or NORMAL)",
+                    ctx.files.wal.display()
+                ),
+            )
+        };
+    }
+    if later > 0 {
+        return check(
             NAME,
-            CheckStatus::Ok,
-            format!("{summary}; the chain runs to the end of the file"),
-        ),
-        StopReason::SaltMismatch { frame } => check(
+            CheckStatus::Warn,
+            format!(
+                "{summary}; frame {frame} (offset {offset}) {what}; {later} later frames carry the current salts but none is a commit frame: a transaction torn by a crash, never acknowledged"
+            ),
+        );
+    }
+    if matches!(r.stop, StopReason::SaltMismatch { .. }) {
+        return check(
             NAME,
             CheckStatus::Ok,
             format!(
                 "{summary}; frames from {frame} on belong to an older WAL generation (normal after a restart)"
             ),
+        );
+    }
+    check(
+        NAME,
+        CheckStatus::Warn,
+        format!(
+            "{summary}; frame {frame} (offset {offset}) {what}; nothing after it carries the current salts: a transaction torn by a crash, never acknowledged"
         ),
-        StopReason::PartialFrame { frame, bytes } => check(
-            NAME,
-            CheckStatus::Warn,
-            format!(
-                "{summary}; frame {frame} is partial ({bytes} bytes at offset {}): a write torn by a crash, never acknowledged",
-                r.stop_offset
-            ),
-        ),
-        StopReason::ChecksumMismatch { frame } | StopReason::ZeroPageNumber { frame } => {
-            let (later, commits) = same_salt_frames_after(ctx, &r, frame)?;
-            let what = if matches!(r.stop, StopReason::ZeroPageNumber { .. }) {
-                "has page number 0"
-            } else {
-                "fails its checksum"
-            };
-            let tail = if later == 0 {
-                "nothing after it carries the current salts: a transaction torn by a crash, never acknowledged".to_owned()
-            } else {
-                format!(
-                    "{later} later frames carry the current salts ({commits} of them commit frames): if those commits were acknowledged, the WAL is damaged at offset {}",
-                    r.stop_offset
-                )
-            };
-            check(
-                NAME,
-                CheckStatus::Warn,
-                format!(
-                    "{summary}; frame {frame} (offset {}) {what}; {tail}",
-                    r.stop_offset
-                ),
-            )
-        }
-    })
+    )
 }
 
 fn check_shm_header(ctx: &Ctx<'_>) -> Check {

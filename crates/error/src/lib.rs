@@ -15,6 +15,11 @@
 //! assert!(e.suggestion().is_some());
 //! ```
 
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 use std::path::PathBuf;
 
 /// `Result` with [`FrankenError`] as the default error.
@@ -109,6 +114,23 @@ pub mod extended {
 ///
 /// `Display` is one sentence saying what happened (and to which file, offset or page);
 /// [`FrankenError::suggestion`] says what to do next.
+///
+/// ```
+/// use fsqlite_error::{ErrorCode, FrankenError, extended};
+///
+/// // A BEGIN CONCURRENT transaction that lost a conflict: retry from a fresh begin.
+/// let e = FrankenError::ConcurrentConflict { item: "page 7".into(), frame: 42, snapshot: 40 };
+/// assert_eq!(e.error_code(), ErrorCode::Busy);
+/// assert_eq!(e.extended_code(), extended::BUSY_SNAPSHOT); // 517
+/// assert!(e.to_string().contains("page 7"));
+/// assert!(e.suggestion().unwrap().contains("begin_concurrent"));
+///
+/// // An OS error keeps its io::Error as source(); ENOSPC becomes Full.
+/// let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+/// let e = FrankenError::io("write", Some("app.db-wal".into()), full);
+/// assert!(matches!(e, FrankenError::Full));
+/// assert_eq!(e.error_code(), ErrorCode::Full);
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FrankenError {

@@ -64,6 +64,9 @@ use crate::lifecycle::CoordinatorRecord;
 
 const TRACE: &str = "fsqlite.mvcc.concurrent";
 
+/// The longest a group-commit leader waits for the previous batch's writers.
+const MAX_GATHER: Duration = Duration::from_millis(1);
+
 /// Counters of the concurrent-writer machinery ([`crate::Coordinator::stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConcurrencyStats {
@@ -576,6 +579,12 @@ impl<V: Vfs> HybridShared<V> {
         })
     }
 
+    /// Validation against the published commits alone (step 1 without the batch).
+    fn precheck(&self, req: &Request) -> Result<()> {
+        let v = self.versions.read();
+        validate(&v, req, &HashMap::new(), None, v.n_page).map(drop)
+    }
+
     fn submit(&self, req: Request) -> Result<u32> {
         self.group
             .submit(req, |batch| self.run_batch(&batch))
@@ -654,7 +663,20 @@ impl<V: Vfs> HybridShared<V> {
                 .map(|a| (a.frames.as_slice(), a.db_size))
                 .collect();
             let first = core.state.legacy_hdr().mx_frame + 1;
-            match core.append_batch(&cx, &txns) {
+            let started = std::time::Instant::now();
+            let appended = core.append_batch(&cx, &txns);
+            // Gathering: a new leader may wait up to half a sync for the writers of this
+            // batch to come back (group_commit docs); nothing to gather without syncs, and
+            // nothing to gain when at most one transaction of the batch committed (a hot
+            // page: a bigger batch would only hold more losers).
+            self.group.set_gather_limit(
+                if core.options.sync.syncs_on_commit() && accepted.len() > 1 {
+                    (started.elapsed() / 2).min(MAX_GATHER)
+                } else {
+                    Duration::ZERO
+                },
+            );
+            match appended {
                 Ok(ends) => {
                     let last = core.state.legacy_hdr().mx_frame;
                     let n_page = core.state.legacy_hdr().n_page;
@@ -1094,6 +1116,17 @@ impl<V: Vfs> ConcurrentTxn<'_, V> {
             db_size,
             slot: Some(self.slot),
         };
+        // A conflict with a commit already published is final (the version map only
+        // grows): refuse now instead of waiting for a batch to say so.
+        if let Err(e) = self.shared.precheck(&req) {
+            self.shared.release_slot(self.slot);
+            self.shared
+                .counters
+                .conflicts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(target: TRACE, error = %e, "concurrent transaction refused before queueing");
+            return Err(e);
+        }
         // The leader releases the read mark right after validation (which uses the
         // version map only), so it can restart the WAL before appending the batch.
         self.shared.submit(req)

@@ -14,6 +14,11 @@
 //! assert!(PageSize::new(1000).is_none());
 //! ```
 
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod cx;
 pub mod flags;
 pub mod sync_primitives;
@@ -27,6 +32,20 @@ pub use cx::Cx;
 pub use flags::{AccessFlags, SyncFlags, VfsOpenFlags};
 
 /// A database page number: 1-based, never zero.
+///
+/// ```
+/// use fsqlite_types::PageNumber;
+///
+/// let p = PageNumber::new(42).expect("not zero");
+/// assert_eq!(p.get(), 42);
+/// assert_eq!(p.to_string(), "42");
+/// assert!(PageNumber::ONE < p);
+/// assert_eq!(PageNumber::new(0), None); // page numbers start at 1
+/// let err = PageNumber::try_new(0).unwrap_err();
+/// assert_eq!(err.error_code(), fsqlite_error::ErrorCode::Range);
+/// // The niche: an Option<PageNumber> is as small as a u32.
+/// assert_eq!(size_of::<Option<PageNumber>>(), 4);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PageNumber(NonZeroU32);
 
@@ -63,6 +82,16 @@ impl fmt::Display for PageNumber {
 }
 
 /// A page size: a power of two in `512..=65536`.
+///
+/// ```
+/// use fsqlite_types::PageSize;
+///
+/// assert_eq!(PageSize::default().get(), 4096);
+/// assert!(PageSize::new(1000).is_none());
+/// let big = PageSize::new(65536).unwrap();
+/// assert_eq!(big.to_u16_encoding(), 1); // how the database header and -shm store it
+/// assert_eq!(PageSize::from_u16_encoding(1), Some(big));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PageSize(u32);
 

@@ -32,6 +32,11 @@
 //! assert_eq!(&buf, b"hello\0\0\0");
 //! ```
 
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod memory;
 mod os;
 pub mod shm;

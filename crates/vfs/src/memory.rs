@@ -957,6 +957,36 @@ impl State {
 
 /// The in-memory, crash- and fault-simulating VFS (see the module docs). Cheap to clone;
 /// clones share everything.
+///
+/// ```
+/// use std::path::Path;
+/// use fsqlite_types::{Cx, SyncFlags, VfsOpenFlags};
+/// use fsqlite_vfs::{CrashMode, Fault, FaultOp, FaultRepeat, MemoryVfs, Vfs, VfsFile};
+///
+/// let cx = Cx::new();
+/// let vfs = MemoryVfs::new();
+/// let path = Path::new("/app.db");
+/// let flags = VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE | VfsOpenFlags::MAIN_DB;
+/// let (mut f, _) = vfs.open(&cx, Some(path), flags).unwrap();
+/// f.write(&cx, b"synced", 0).unwrap();
+/// f.sync(&cx, SyncFlags::FULL).unwrap();
+/// f.write(&cx, b"SYNCED", 0).unwrap(); // not synced: a power loss may take it away
+///
+/// // Each crash mode on a copy of the disk; the original is untouched.
+/// let lost = vfs.fork_crashed(CrashMode::DropAll);
+/// assert_eq!(lost.live_contents(path).unwrap(), b"synced");
+/// let kept = vfs.fork_crashed(CrashMode::KeepAll);
+/// assert_eq!(kept.live_contents(path).unwrap(), b"SYNCED");
+///
+/// // A failed fsync drops the pending writes, as Linux does ("fsyncgate").
+/// vfs.inject(Fault::fail(FaultOp::Sync, 1, FaultRepeat::Once));
+/// assert!(f.sync(&cx, SyncFlags::FULL).is_err());
+/// assert_eq!(vfs.live_contents(path).unwrap(), b"synced");
+///
+/// // A real crash: every handle dies; reopen to see what survived.
+/// vfs.crash(CrashMode::Torn { seed: 1, sector: 512 });
+/// assert!(f.file_size(&cx).is_err());
+/// ```
 #[derive(Clone)]
 pub struct MemoryVfs {
     shared: Arc<Mutex<State>>,

@@ -94,10 +94,13 @@
 //!   `SQLITE_IOERR_DELETE_NOENT`); callers that do not care may ignore that kind.
 //!
 //! # Kill hook (crash tests)
-//! [`UnixVfs::with_kill_hook`] (or `FSQLITE_KILL_AT=<op>:<n>[:after]` read by
-//! [`UnixVfs::from_env`]) makes the process `kill(getpid(), SIGKILL)` just before (or
-//! just after) its `n`th [`KillOp`] across all files of the VFS and its clones. Unset, it
-//! costs one pointer test per operation.
+//! `UnixVfs::with_kill_hook` (or `FSQLITE_KILL_AT=<op>:<n>[:after]` read by
+//! `UnixVfs::from_env`) makes the process `kill(getpid(), SIGKILL)` just before (or
+//! just after) its `n`th `KillOp` across all files of the VFS and its clones. Unset, it
+//! costs one pointer test per operation. The hook and its types are public because the
+//! kill -9 tests of other crates and `fsqlite torture` use them, but they are a
+//! crash-testing facility, not part of the supported API: `#[doc(hidden)]`, and they may
+//! change without a major version.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -140,6 +143,9 @@ pub const UNIX_SECTOR_SIZE: u32 = 4096;
 /// Permission bits of a newly created file (SQLite's `SQLITE_DEFAULT_FILE_PERMISSIONS`).
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
 /// Environment variable read by [`UnixVfs::from_env`].
+// Hidden: crash-testing hook (kill -9 tests in fsqlite-wal/fsqlite-mvcc, `fsqlite torture`),
+// not part of the supported API; see the module docs.
+#[doc(hidden)]
 pub const KILL_AT_ENV: &str = "FSQLITE_KILL_AT";
 
 const TRACE: &str = "fsqlite.vfs.unix";
@@ -149,6 +155,9 @@ const TRACE: &str = "fsqlite.vfs.unix";
 // ---------------------------------------------------------------------------------------
 
 /// The operations a [`KillHook`] counts.
+// Hidden: crash-testing hook (kill -9 tests in fsqlite-wal/fsqlite-mvcc, `fsqlite torture`),
+// not part of the supported API; see the module docs.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KillOp {
     /// `VfsFile::write`.
@@ -188,6 +197,9 @@ impl FromStr for KillOp {
 
 /// Kill the process just before (or, with `after`, just after) its `nth` (1-based)
 /// operation of kind `op`, counted across all files of one [`UnixVfs`] and its clones.
+// Hidden: crash-testing hook (kill -9 tests in fsqlite-wal/fsqlite-mvcc, `fsqlite torture`),
+// not part of the supported API; see the module docs.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KillHook {
     /// Which operations are counted.
@@ -277,6 +289,29 @@ fn with_kill_point<T>(kill: Option<&KillState>, op: KillOp, f: impl FnOnce() -> 
 
 /// Real files on Linux (see the module docs). Cheap to clone; clones share the kill hook
 /// and its counter.
+///
+/// ```
+/// use fsqlite_types::{Cx, LockLevel, SyncFlags, VfsOpenFlags};
+/// use fsqlite_vfs::{UnixVfs, Vfs, VfsFile};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("app.db");
+/// let cx = Cx::new();
+/// let vfs = UnixVfs::new();
+/// let flags = VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE | VfsOpenFlags::MAIN_DB;
+/// let (mut a, _) = vfs.open(&cx, Some(&path), flags).unwrap();
+/// a.write(&cx, b"hello", 0).unwrap();
+/// a.sync(&cx, SyncFlags::FULL).unwrap(); // fsync (and, the first time, the directory)
+///
+/// // Each handle is its own open file description, so its locks conflict with another
+/// // handle of this process exactly as with another process (SQLite's lock bytes).
+/// let (mut b, _) = vfs.open(&cx, Some(&path), flags).unwrap();
+/// a.lock(&cx, LockLevel::Shared).unwrap();
+/// a.lock(&cx, LockLevel::Exclusive).unwrap();
+/// assert!(b.lock(&cx, LockLevel::Shared).is_err()); // Busy
+/// a.unlock(&cx, LockLevel::None).unwrap();
+/// b.lock(&cx, LockLevel::Shared).unwrap();
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct UnixVfs {
     kill: Option<Arc<KillState>>,
@@ -289,6 +324,7 @@ impl UnixVfs {
     }
 
     /// A VFS whose files kill the process at the point `hook` names.
+    #[doc(hidden)] // crash-testing hook (see the module docs)
     pub fn with_kill_hook(hook: KillHook) -> Self {
         Self {
             kill: Some(Arc::new(KillState {
@@ -301,6 +337,7 @@ impl UnixVfs {
     /// Like [`UnixVfs::new`], unless `FSQLITE_KILL_AT=<op>:<n>[:after]` is set, in which
     /// case like [`UnixVfs::with_kill_hook`]. A malformed value is logged (error) and
     /// ignored.
+    #[doc(hidden)] // crash-testing hook (see the module docs)
     pub fn from_env() -> Self {
         match std::env::var(KILL_AT_ENV) {
             Ok(spec) => match spec.parse::<KillHook>() {
@@ -315,11 +352,13 @@ impl UnixVfs {
     }
 
     /// The kill hook, if one is set.
+    #[doc(hidden)] // crash-testing hook (see the module docs)
     pub fn kill_hook(&self) -> Option<KillHook> {
         self.kill.as_ref().map(|k| k.hook)
     }
 
     /// How many operations the kill hook has counted so far (0 without a hook).
+    #[doc(hidden)] // crash-testing hook (see the module docs)
     pub fn kill_ops_counted(&self) -> u64 {
         self.kill
             .as_ref()

@@ -11,7 +11,9 @@
 //!     28    4 database size in pages ("in-header database size")
 //! ```
 //!
-//! Validity rules used at open: (1) the magic must match, else "not a database";
+//! Validity rules used at open: (0) a non-empty file must hold the whole 100-byte header,
+//! else "the file is N bytes, shorter than the 100-byte SQLite database header";
+//! (1) the magic must match, else "not a database";
 //! (2) the page size must decode to a power of two in 512..=65536; (3) read version 2
 //! means WAL mode, a read version above 2 cannot be read, a write version above 2 means
 //! read-only (SQLite's rules, FORMAT.md §10).
@@ -56,12 +58,56 @@ pub struct DbHeader {
 }
 
 impl DbHeader {
-    /// Parses the first 100 bytes of a database file. `path` names the file in errors.
+    /// The error for a database file of `len` bytes, `0 < len < 100`: too short to hold
+    /// the database header (`CannotOpen` naming the length, with what to do).
+    pub fn too_short(path: &Path, len: u64) -> FrankenError {
+        FrankenError::cannot_open(
+            path,
+            format!(
+                "the file is {len} bytes, shorter than the {DB_HEADER_SIZE}-byte SQLite database header \
+                 (a database file is either empty or holds at least one whole page): it was truncated, \
+                 e.g. by an interrupted copy; restore it from a backup or copy it again"
+            ),
+        )
+    }
+
+    /// Parses the database header from `bytes`, what was read from offset 0 of a database
+    /// file: at least [`DB_HEADER_SIZE`] bytes, or all of a shorter file (then the error
+    /// is [`DbHeader::too_short`], naming its length). `path` names the file in errors.
+    ///
+    /// A header whose magic is followed by nothing but zeros (what a caller that pads a
+    /// short read with zeros passes for a 16-byte file) is also reported as too short
+    /// (or zeroed), not as an invalid page size.
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
-        if bytes.len() < DB_HEADER_SIZE || &bytes[..DB_MAGIC.len()] != DB_MAGIC {
+        if bytes.len() < DB_HEADER_SIZE {
+            if bytes.starts_with(&DB_MAGIC[..bytes.len().min(DB_MAGIC.len())]) {
+                return Err(Self::too_short(path, bytes.len() as u64));
+            }
+            return Err(FrankenError::cannot_open(
+                path,
+                format!(
+                    "not a SQLite database: the file is {} bytes and does not start with \"SQLite format 3\"",
+                    bytes.len()
+                ),
+            ));
+        }
+        if &bytes[..DB_MAGIC.len()] != DB_MAGIC {
             return Err(FrankenError::cannot_open(
                 path,
                 "not a SQLite database (the file does not start with \"SQLite format 3\")",
+            ));
+        }
+        if bytes[DB_MAGIC.len()..DB_HEADER_SIZE]
+            .iter()
+            .all(|&b| b == 0)
+        {
+            return Err(FrankenError::cannot_open(
+                path,
+                format!(
+                    "the {DB_HEADER_SIZE}-byte SQLite database header holds only zeros after its magic \
+                     \"SQLite format 3\": the file is shorter than the header (truncated, e.g. by an \
+                     interrupted copy) or its header was zeroed; restore it from a backup or copy it again"
+                ),
             ));
         }
         let raw = u16::from_be_bytes([bytes[DB_PAGE_SIZE_OFFSET], bytes[DB_PAGE_SIZE_OFFSET + 1]]);
@@ -147,6 +193,48 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("not a SQLite database")
+        );
+    }
+
+    #[test]
+    fn a_file_shorter_than_the_header_names_its_length() {
+        let p = Path::new("/x.db");
+        // All of a 16-byte file: exactly the magic.
+        let e = DbHeader::parse(DB_MAGIC, p).unwrap_err();
+        assert!(matches!(e, FrankenError::CannotOpen { .. }), "{e:?}");
+        let m = e.to_string();
+        assert!(
+            m.contains("the file is 16 bytes, shorter than the 100-byte SQLite database header"),
+            "{m}"
+        );
+        assert!(m.contains("restore it from a backup"), "{m}");
+        assert!(!m.contains("does not start with"), "{m}");
+        // A prefix of the magic, and one byte short of a full header.
+        let m = DbHeader::parse(b"SQLite", p).unwrap_err().to_string();
+        assert!(m.contains("the file is 6 bytes, shorter than"), "{m}");
+        let m = DbHeader::parse(&header(4096, 2, 2)[..99], p)
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("the file is 99 bytes, shorter than"), "{m}");
+        // A short file that is not a database at all.
+        let m = DbHeader::parse(b"hello", p).unwrap_err().to_string();
+        assert!(
+            m.contains("not a SQLite database: the file is 5 bytes and does not start with"),
+            "{m}"
+        );
+        // A caller that zero-pads a short read: the magic then only zeros.
+        let mut padded = [0u8; DB_HEADER_SIZE];
+        padded[..16].copy_from_slice(DB_MAGIC);
+        let m = DbHeader::parse(&padded, p).unwrap_err().to_string();
+        assert!(
+            m.contains("holds only zeros after its magic") && m.contains("shorter than the header"),
+            "{m}"
+        );
+        assert_eq!(
+            DbHeader::too_short(p, 42).to_string(),
+            DbHeader::parse(&header(4096, 2, 2)[..42], p)
+                .unwrap_err()
+                .to_string()
         );
     }
 }

@@ -8,7 +8,7 @@
 //! | module | what it owns |
 //! |---|---|
 //! | [`checksum`] | SQLite's cumulative WAL checksum (reference + closed-form SIMD) and the xxh3-128 page trailer |
-//! | [`format`] | the 32-byte WAL header and 24-byte frame header |
+//! | [`format`](mod@format) | the 32-byte WAL header and 24-byte frame header |
 //! | [`wal`] | the WAL file: valid-prefix scan, append, restart, truncate, padding frames |
 //! | [`wal_index`] | the `-shm`: header copies, checkpoint info, read marks, hash tables |
 //! | [`frame_map`] | a connection's private page → newest-frame map (the lookup fast path) |
@@ -41,6 +41,11 @@
 //! let out = wal.checkpoint(&cx, CheckpointMode::Truncate).unwrap(); // through the barrier
 //! assert!(!out.busy);
 //! ```
+
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub mod checkpoint;
 pub mod checkpoint_executor;

@@ -272,6 +272,39 @@ pub struct WalState {
 pub type GroupedCommit<'a> = (&'a [(PageNumber, &'a [u8])], u32);
 
 /// One WAL file and the writer state carried between transactions (see the module doc).
+///
+/// ```
+/// use std::path::Path;
+/// use fsqlite_types::{Cx, PageNumber, PageSize, VfsOpenFlags};
+/// use fsqlite_vfs::{MemoryVfs, Vfs};
+/// use fsqlite_wal::WalFile;
+///
+/// let cx = Cx::new();
+/// let vfs = MemoryVfs::new();
+/// let flags = VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE | VfsOpenFlags::WAL;
+/// let (file, _) = vfs.open(&cx, Some(Path::new("/app.db-wal")), flags).unwrap();
+/// let ps = PageSize::new(4096).unwrap();
+/// let mut wal = WalFile::create(&cx, file, ps, [1, 2], 0, false).unwrap();
+///
+/// // Group commit: two transactions, one run of writes, one sync; each keeps its own
+/// // commit frame, so a crash keeps or drops each one whole, in order.
+/// let (p2, p3) = (PageNumber::new(2).unwrap(), PageNumber::new(3).unwrap());
+/// let a = vec![0xaa; 4096];
+/// let b = vec![0xbb; 4096];
+/// let first: &[(PageNumber, &[u8])] = &[(p2, &a)];
+/// let second: &[(PageNumber, &[u8])] = &[(p2, &b), (p3, &b)];
+/// let commit_frames = wal.append_commits(&cx, &[(first, 2), (second, 3)], false).unwrap();
+/// assert_eq!(commit_frames.len(), 2);
+/// assert!(commit_frames[0] < commit_frames[1]);
+/// // MemoryVfs is not powersafe-overwrite, so the last commit was padded to a sector
+/// // boundary with copies of its commit frame (SQLite does the same): mxFrame is past it.
+/// assert!(wal.mx_frame() >= commit_frames[1]);
+///
+/// // Reopening scans the valid prefix: both commits are there.
+/// let (reopened, report) = WalFile::open(&cx, wal.into_file()).unwrap();
+/// assert_eq!(report.mx_frame, reopened.mx_frame());
+/// assert_eq!(reopened.n_page(), 3);
+/// ```
 pub struct WalFile<F: VfsFile> {
     file: F,
     path: Option<PathBuf>,
