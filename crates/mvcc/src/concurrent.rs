@@ -67,6 +67,15 @@ const TRACE: &str = "fsqlite.mvcc.concurrent";
 /// The longest a group-commit leader waits for the previous batch's writers.
 const MAX_GATHER: Duration = Duration::from_millis(1);
 
+/// The longest a thread that lost a conflict waits for the batch in flight.
+const MAX_BACKOFF: Duration = Duration::from_millis(5);
+
+thread_local! {
+    /// The coordinator (address) on which this thread's last transaction lost a
+    /// conflict, or 0 (see `HybridShared::back_off_after_conflict`).
+    static LOST_CONFLICT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Counters of the concurrent-writer machinery ([`crate::Coordinator::stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConcurrencyStats {
@@ -149,6 +158,24 @@ pub(crate) struct HybridShared<V: Vfs> {
     max_read_set: usize,
     busy_timeout: Duration,
     hooks: RwLock<Hooks>,
+    /// The validated batch being made durable, if any.
+    in_flight: Mutex<InFlight>,
+    /// Notified when a batch in flight is published (or fails).
+    published: parking_lot::Condvar,
+}
+
+/// The batch between its validation and its publish.
+#[derive(Default)]
+struct InFlight {
+    active: bool,
+    /// Batches published so far (waiters compare it).
+    published: u64,
+    /// Page -> commit frame of the batch's transactions that wrote it.
+    pages: HashMap<u32, u32>,
+    /// Commit frame after which the batch changed the database size.
+    size_change: Option<u32>,
+    /// Database size after the batch.
+    n_page: u32,
 }
 
 /// The engine hooks installed on the coordinator.
@@ -247,6 +274,8 @@ impl<V: Vfs> HybridShared<V> {
             max_read_set,
             busy_timeout,
             hooks: RwLock::new(Hooks::default()),
+            in_flight: Mutex::new(InFlight::default()),
+            published: parking_lot::Condvar::new(),
         })
     }
 
@@ -286,6 +315,7 @@ impl<V: Vfs> HybridShared<V> {
     }
 
     pub(crate) fn begin(&self, cx: &Cx) -> Result<ConcurrentTxn<'_, V>> {
+        self.back_off_after_conflict();
         let (snapshot, slot) = self.acquire_snapshot(cx)?;
         tracing::trace!(target: TRACE, snapshot = snapshot.frame, slot, "begin concurrent");
         Ok(ConcurrentTxn {
@@ -299,6 +329,33 @@ impl<V: Vfs> HybridShared<V> {
             undo_images: 0,
             done: false,
         })
+    }
+
+    /// Conflict back-off: a thread whose last transaction here lost a conflict, and that
+    /// begins again while a batch is being made durable, waits for that batch to be
+    /// published first (at most [`MAX_BACKOFF`]). Its retry then reads the winner's
+    /// pages instead of a snapshot the batch in flight is about to make stale (on a hot
+    /// page, the retry would otherwise lose again, one batch later, every time).
+    fn back_off_after_conflict(&self) {
+        let me = std::ptr::from_ref(self) as usize;
+        if LOST_CONFLICT.with(|c| c.replace(0)) != me {
+            return;
+        }
+        let mut flight = self.in_flight.lock();
+        if flight.active {
+            let seen = flight.published;
+            let deadline = std::time::Instant::now() + MAX_BACKOFF;
+            while flight.active && flight.published == seen {
+                if self.published.wait_until(&mut flight, deadline).timed_out() {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn note_conflict(&self) {
+        let me = std::ptr::from_ref(self) as usize;
+        LOST_CONFLICT.with(|c| c.set(me));
     }
 
     /// A snapshot of the newest commit and a read-mark slot that protects it (see the
@@ -580,9 +637,18 @@ impl<V: Vfs> HybridShared<V> {
     }
 
     /// Validation against the published commits alone (step 1 without the batch).
+    ///
+    /// A transaction that conflicts with the batch being made durable is refused too:
+    /// that batch commits unless its sync fails, and then the coordinator refuses
+    /// everything anyway (`PreviousIo`).
     fn precheck(&self, req: &Request) -> Result<()> {
+        let flight = self.in_flight.lock();
         let v = self.versions.read();
-        validate(&v, req, &HashMap::new(), None, v.n_page).map(drop)
+        if flight.active {
+            validate(&v, req, &flight.pages, flight.size_change, flight.n_page).map(drop)
+        } else {
+            validate(&v, req, &HashMap::new(), None, v.n_page).map(drop)
+        }
     }
 
     fn submit(&self, req: Request) -> Result<u32> {
@@ -602,6 +668,7 @@ impl<V: Vfs> HybridShared<V> {
         let mut results: Vec<Option<Result<u32>>> = (0..batch.len()).map(|_| None).collect();
         let mut core = self.core.lock();
         let mut accepted: Vec<Accepted<'_>> = Vec::new();
+        let mut flight: InFlight;
         {
             let v = self.versions.read();
             let mut batch_writes: HashMap<u32, u32> = HashMap::new();
@@ -637,6 +704,13 @@ impl<V: Vfs> HybridShared<V> {
                     }
                 }
             }
+            flight = InFlight {
+                active: true,
+                published: 0,
+                pages: batch_writes,
+                size_change: batch_size_change,
+                n_page: cur_n,
+            };
         }
         for req in batch {
             if let Some(slot) = req.slot {
@@ -647,6 +721,10 @@ impl<V: Vfs> HybridShared<V> {
         if accepted.is_empty() {
             drop(core);
         } else {
+            let mut f = self.in_flight.lock();
+            flight.published = f.published;
+            *f = flight;
+            drop(f);
             let r = core.maybe_restart(&cx, || {
                 let mut v = self.versions.write();
                 v.generation += 1;
@@ -728,6 +806,19 @@ impl<V: Vfs> HybridShared<V> {
                             })));
                     }
                 }
+            }
+        }
+        {
+            let mut flight = self.in_flight.lock();
+            if flight.active {
+                *flight = InFlight {
+                    published: flight.published + 1,
+                    ..InFlight::default()
+                };
+                // One waiting loser per publish, as a lock would let one writer in:
+                // waking them all lets the rest burn the CPU the next winner needs
+                // (the others go at the next publish, or after MAX_BACKOFF).
+                self.published.notify_one();
             }
         }
         let mut out = Vec::with_capacity(results.len());
@@ -1017,7 +1108,8 @@ impl<V: Vfs> ConcurrentTxn<'_, V> {
     /// txn.rollback_to(sp)?;          // q is no longer written; p still is
     /// txn.release(sp)?;
     /// assert_eq!(txn.pages_written(), 1);
-    /// txn.commit(cx, txn.db_size().max(5))?;
+    /// let size = txn.db_size().max(6);
+    /// txn.commit(cx, size)?;
     /// # Ok(()) }
     /// ```
     pub fn savepoint(&mut self) -> Savepoint {
@@ -1119,6 +1211,7 @@ impl<V: Vfs> ConcurrentTxn<'_, V> {
         // A conflict with a commit already published is final (the version map only
         // grows): refuse now instead of waiting for a batch to say so.
         if let Err(e) = self.shared.precheck(&req) {
+            self.shared.note_conflict();
             self.shared.release_slot(self.slot);
             self.shared
                 .counters
@@ -1129,7 +1222,11 @@ impl<V: Vfs> ConcurrentTxn<'_, V> {
         }
         // The leader releases the read mark right after validation (which uses the
         // version map only), so it can restart the WAL before appending the batch.
-        self.shared.submit(req)
+        let r = self.shared.submit(req);
+        if matches!(r, Err(FrankenError::ConcurrentConflict { .. })) {
+            self.shared.note_conflict();
+        }
+        r
     }
 
     /// Ends the transaction without writing anything.
