@@ -93,9 +93,13 @@ use crate::lifecycle::{CoordinatorRecord, RecordDefect, RecordState, record_path
 const TRACE: &str = "fsqlite.mvcc.coordinator";
 
 /// The environment variable read by [`KillAt::from_env`].
+// Hidden: a crash-test hook (the kill -9 tests and harnesses set it), not engine API.
+#[doc(hidden)]
 pub const KILL_AT_ENV: &str = "FSQLITE_MVCC_KILL_AT";
 
 /// Where in a hybrid commit a test kill hook fires (see the module docs).
+// Hidden: a crash-test hook, not engine API.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KillPoint {
     /// Frames written, WAL not yet synced.
@@ -144,6 +148,8 @@ impl FromStr for KillPoint {
 }
 
 /// Kill the process at `point` of the `commit`th (1-based) hybrid commit.
+// Hidden: a crash-test hook, not engine API.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KillAt {
     /// Where.
@@ -212,7 +218,8 @@ pub struct CoordinatorOptions {
     pub hybrid: bool,
     /// On close, checkpoint and (when last) remove `-wal`/`-shm` like SQLite; default true.
     pub checkpoint_on_close: bool,
-    /// Test kill hook; the default reads [`KILL_AT_ENV`].
+    /// Test kill hook; the default reads [`KILL_AT_ENV`]. Hidden: crash tests only.
+    #[doc(hidden)]
     pub kill_at: Option<KillAt>,
     /// Most distinct pages one [`ConcurrentTxn`] may write (its private write set lives
     /// in memory); past it `write_page` fails with `OutOfRange`. Default 65,536 (256 MiB
@@ -275,7 +282,44 @@ pub struct Takeover {
     pub generation: u64,
 }
 
-/// A database opened through the coordinator (see the module docs).
+/// A database opened through the coordinator (see the module docs). `Send + Sync`:
+/// share it between threads by reference (scoped threads) or in an `Arc`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use fsqlite_mvcc::{CompatMode, Coordinator, CoordinatorOptions};
+/// use fsqlite_types::{Cx, PageNumber};
+/// use fsqlite_vfs::UnixVfs;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let cx = Cx::new();
+/// let db = Coordinator::open(&cx, Arc::new(UnixVfs::new()), dir.path().join("app.db"),
+///                            CoordinatorOptions { kill_at: None, ..CoordinatorOptions::default() })?;
+/// assert_eq!(db.mode(), CompatMode::HybridShm);
+/// let ps = db.page_size() as usize;
+/// // Grow the database to 4 pages first: the size is a conflict item, and four
+/// // transactions that each changed it would conflict with one another.
+/// db.commit(&cx, &[(PageNumber::new(1).unwrap(), &vec![0u8; ps])], 4)?;
+/// std::thread::scope(|s| {
+///     for t in 0..4u32 {
+///         let db = &db;
+///         s.spawn(move || {
+///             let cx = Cx::new();
+///             let page = PageNumber::new(t + 1).unwrap(); // one page each: no conflicts
+///             let mut txn = db.begin_concurrent(&cx).unwrap();
+///             txn.write_page(&cx, page, &vec![t as u8; ps]).unwrap();
+///             let size = txn.db_size(); // 4: unchanged
+///             txn.commit(&cx, size).unwrap(); // durable, group-committed with the others
+///         });
+///     }
+/// });
+/// let mut buf = vec![0u8; ps];
+/// db.read_page(&cx, PageNumber::new(3).unwrap(), &mut buf)?;
+/// assert!(buf.iter().all(|&b| b == 2));
+/// assert_eq!(db.stats().commits, 5);
+/// db.close(&cx)?;
+/// # Ok::<(), fsqlite_error::FrankenError>(())
+/// ```
 pub struct Coordinator<V: Vfs> {
     db_path: PathBuf,
     mode: CompatMode,
