@@ -77,6 +77,8 @@ pub mod extended {
     pub const BUSY_SNAPSHOT: i32 = 517;
     /// `SQLITE_BUSY_TIMEOUT`
     pub const BUSY_TIMEOUT: i32 = 773;
+    /// SQLITE_ERROR_SNAPSHOT: the snapshot asked for is no longer available.
+    pub const ERROR_SNAPSHOT: i32 = 769;
     /// `SQLITE_IOERR_READ`
     pub const IOERR_READ: i32 = 266;
     /// `SQLITE_IOERR_SHORT_READ`
@@ -156,6 +158,14 @@ pub enum FrankenError {
         frame: u32,
         /// The transaction's snapshot (`mxFrame` at its begin).
         snapshot: u32,
+    },
+    /// A read transaction was asked for on a snapshot the WAL no longer holds (SQLite's
+    /// SQLITE_ERROR_SNAPSHOT, 769): a checkpoint copied frames past it into the database,
+    /// or the WAL was restarted since, or the handle belongs to another WAL.
+    #[error("the snapshot is no longer available: {reason}")]
+    SnapshotUnavailable {
+        /// Why, in words.
+        reason: String,
     },
     /// A lock held by this same connection conflicts (SQLite's SQLITE_LOCKED).
     #[error("the database is locked by an open transaction on this connection")]
@@ -264,7 +274,7 @@ impl FrankenError {
             Self::DatabaseCorrupt { .. } | Self::WalCorrupt { .. } => ErrorCode::Corrupt,
             Self::OutOfRange { .. } => ErrorCode::Range,
             Self::Internal(_) => ErrorCode::Internal,
-            Self::ConcurrentUnavailable => ErrorCode::Error,
+            Self::ConcurrentUnavailable | Self::SnapshotUnavailable { .. } => ErrorCode::Error,
             Self::Unsupported => ErrorCode::Misuse,
             Self::ReadOnly => ErrorCode::ReadOnly,
             Self::CannotOpen { .. } => ErrorCode::CantOpen,
@@ -281,6 +291,7 @@ impl FrankenError {
             Self::BusyRecovery => extended::BUSY_RECOVERY,
             Self::BusySnapshot | Self::ConcurrentConflict { .. } => extended::BUSY_SNAPSHOT,
             Self::ShortRead => extended::IOERR_SHORT_READ,
+            Self::SnapshotUnavailable { .. } => extended::ERROR_SNAPSHOT,
             Self::Io { op, .. } => match *op {
                 "read" => extended::IOERR_READ,
                 "write" => extended::IOERR_WRITE,
@@ -315,6 +326,9 @@ impl FrankenError {
             }
             Self::ConcurrentConflict { .. } => {
                 "retry the whole transaction from a fresh begin_concurrent: it then reads the newer commit"
+            }
+            Self::SnapshotUnavailable { .. } => {
+                "take a new snapshot; to keep one available, keep a read transaction open on it (checkpoints do not pass an open reader), and after a restart call recover_snapshots first"
             }
             Self::Locked => "finish or roll back the open transaction on this connection first",
             Self::DatabaseCorrupt { .. } => {

@@ -51,9 +51,12 @@ use fsqlite_types::{Cx, PageNumber, PageSize, VfsOpenFlags};
 use fsqlite_vfs::{ShmRegion, Vfs, VfsFile, wal_read_lock};
 use fsqlite_wal::GroupedCommit;
 use fsqlite_wal::checkpoint_executor::wal_frame_data_offset;
-use fsqlite_wal::hooks::{BusyHandler, CommitHook, CommitInfo, ReadMarkStatus, WalStatus};
+use fsqlite_wal::hooks::{
+    BusyHandler, CommitAction, CommitHook, CommitInfo, ReadMarkStatus, WalStatus,
+};
 use fsqlite_wal::locking_mode::LockingMode;
 use fsqlite_wal::locks;
+use fsqlite_wal::savepoint::{Savepoint, UndoLog};
 use fsqlite_wal::wal_index::{HeaderMemory, WAL_READ_MARK_COUNT, WALINDEX_PGSZ};
 use parking_lot::{Mutex, RwLock};
 
@@ -325,8 +328,7 @@ impl<V: Vfs> HybridShared<V> {
             reads: HashSet::new(),
             read_all: false,
             writes: BTreeMap::new(),
-            undo: Vec::new(),
-            undo_images: 0,
+            undo: UndoLog::new(),
             done: false,
         })
     }
@@ -384,28 +386,16 @@ impl<V: Vfs> HybridShared<V> {
         }
     }
 
-    #[allow(
-        dead_code,
-        reason = "made public on Coordinator together with the Wal side"
-    )]
     pub(crate) fn set_commit_hook(&self, hook: Option<CommitHook>) {
         self.hooks.write().commit = hook;
     }
 
-    #[allow(
-        dead_code,
-        reason = "made public on Coordinator together with the Wal side"
-    )]
     pub(crate) fn set_busy_handler(&self, handler: Option<BusyHandler>) {
         self.hooks.write().busy = handler;
     }
 
     /// The one-call status (see [`WalStatus`]); read marks held by this process's
     /// transactions count as in use, the others are probed with a try-lock.
-    #[allow(
-        dead_code,
-        reason = "made public on Coordinator together with the Wal side"
-    )]
     pub(crate) fn status(&self, cx: &Cx) -> Result<WalStatus> {
         let st = self.legacy_state();
         let hdr = st.legacy_hdr();
@@ -781,12 +771,15 @@ impl<V: Vfs> HybridShared<V> {
                     drop(v);
                     if let Some(hook) = self.hooks.read().commit.clone() {
                         for (a, &end) in accepted.iter().zip(&ends) {
-                            hook(&CommitInfo {
+                            let action = hook(&CommitInfo {
                                 db_path: &self.db_path,
                                 wal_frames: last,
                                 commit_frame: end,
                                 db_size: a.db_size,
                             });
+                            if let CommitAction::Checkpoint(mode) = action {
+                                tracing::debug!(target: TRACE, ?mode, "commit hook asked for a checkpoint; the coordinator does not checkpoint during its life (a legacy connection or a later open does)");
+                            }
                         }
                     }
                     self.counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -975,25 +968,10 @@ pub struct ConcurrentTxn<'a, V: Vfs> {
     reads: HashSet<u32>,
     read_all: bool,
     writes: BTreeMap<u32, Box<[u8]>>,
-    /// Savepoint levels: per level, the image each page had in the write set before the
-    /// level first wrote it (`None`: the page was not in the write set).
-    undo: Vec<HashMap<u32, Option<Box<[u8]>>>>,
-    /// Page images held by `undo` (counted against `max_txn_pages` with the write set).
-    undo_images: usize,
+    /// Savepoint levels and their undo images (counted against `max_txn_pages` with
+    /// the write set).
+    undo: UndoLog<u32, Box<[u8]>>,
     done: bool,
-}
-
-/// A savepoint of a [`ConcurrentTxn`] (SQLite's `SAVEPOINT`): its nesting depth. Once
-/// released (or closed by releasing or rolling back to an enclosing one), a value names
-/// whatever savepoint is opened at that depth next, as a reused name does in SQLite.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Savepoint(usize);
-
-impl Savepoint {
-    /// The nesting depth (1 for the outermost savepoint).
-    pub fn depth(self) -> usize {
-        self.0
-    }
 }
 
 impl<V: Vfs> std::fmt::Debug for ConcurrentTxn<'_, V> {
@@ -1053,22 +1031,14 @@ impl<V: Vfs> ConcurrentTxn<'_, V> {
         cx.checkpoint()?;
         self.shared.check_buf(data.len(), &format!("page {page}"))?;
         let key = page.get();
-        let prior = self.writes.contains_key(&key);
-        let first_at_level = self.undo.last().is_some_and(|l| !l.contains_key(&key));
         let after = self.writes.len()
-            + usize::from(!prior)
-            + self.undo_images
-            + usize::from(first_at_level && prior);
+            + usize::from(!self.writes.contains_key(&key))
+            + self.undo.images()
+            + self.undo.cost_of_write(key, &self.writes);
         if after > self.shared.max_txn_pages {
             return Err(self.too_many_pages(after));
         }
-        if first_at_level {
-            let before = self.writes.get(&key).cloned();
-            self.undo_images += usize::from(before.is_some());
-            if let Some(level) = self.undo.last_mut() {
-                level.insert(key, before);
-            }
-        }
+        self.undo.record(key, &self.writes);
         match self.writes.entry(key) {
             std::collections::btree_map::Entry::Occupied(mut o) => {
                 o.get_mut().copy_from_slice(data);
@@ -1113,75 +1083,20 @@ impl<V: Vfs> ConcurrentTxn<'_, V> {
     /// # Ok(()) }
     /// ```
     pub fn savepoint(&mut self) -> Savepoint {
-        self.undo.push(HashMap::new());
-        Savepoint(self.undo.len())
-    }
-
-    fn check_savepoint(&self, sp: Savepoint) -> Result<()> {
-        if sp.0 == 0 || sp.0 > self.undo.len() {
-            return Err(FrankenError::out_of_range(
-                format!(
-                    "savepoint depth (this transaction has {} open savepoints; a savepoint \
-                     is gone once it or an enclosing one is released)",
-                    self.undo.len()
-                ),
-                sp.0,
-            ));
-        }
-        Ok(())
-    }
-
-    fn undo_level(&mut self, level: HashMap<u32, Option<Box<[u8]>>>) {
-        for (page, before) in level {
-            match before {
-                Some(img) => {
-                    self.undo_images -= 1;
-                    self.writes.insert(page, img);
-                }
-                None => {
-                    self.writes.remove(&page);
-                }
-            }
-        }
+        self.undo.savepoint()
     }
 
     /// Undoes every write made since `sp` was opened (nested savepoints inside it are
     /// closed); `sp` itself stays open, as SQLite's `ROLLBACK TO` leaves it. Pages read
     /// since stay in the read set (they were read).
     pub fn rollback_to(&mut self, sp: Savepoint) -> Result<()> {
-        self.check_savepoint(sp)?;
-        while self.undo.len() > sp.0 {
-            if let Some(level) = self.undo.pop() {
-                self.undo_level(level);
-            }
-        }
-        if let Some(level) = self.undo.last_mut().map(std::mem::take) {
-            self.undo_level(level);
-        }
-        Ok(())
+        self.undo.rollback_to(sp, &mut self.writes)
     }
 
     /// Closes `sp` and every savepoint nested in it, keeping their writes (merged into
     /// the enclosing savepoint, if any).
     pub fn release(&mut self, sp: Savepoint) -> Result<()> {
-        self.check_savepoint(sp)?;
-        while self.undo.len() >= sp.0 {
-            let Some(level) = self.undo.pop() else { break };
-            for (page, before) in level {
-                let dropped = match self.undo.last_mut() {
-                    Some(parent) => match parent.entry(page) {
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            e.insert(before);
-                            false
-                        }
-                        std::collections::hash_map::Entry::Occupied(_) => before.is_some(),
-                    },
-                    None => before.is_some(),
-                };
-                self.undo_images -= usize::from(dropped);
-            }
-        }
-        Ok(())
+        self.undo.release(sp)
     }
 
     /// Commits with database size `db_size` (the snapshot's size means "unchanged": the

@@ -70,6 +70,7 @@ use fsqlite_vfs::{
 use fsqlite_wal::checksum::WAL_HEADER_SIZE;
 use fsqlite_wal::db_header::{DB_HEADER_SIZE, DbHeader};
 use fsqlite_wal::format::WalHeader;
+use fsqlite_wal::hooks::{BusyHandler, CommitHook, WalStatus};
 use fsqlite_wal::locks;
 use fsqlite_wal::recovery::{lock_for_recovery, rebuild_wal_index, unlock_after_recovery};
 use fsqlite_wal::recovery_fence::{
@@ -480,8 +481,8 @@ fn open_db<V: Vfs>(
         PageSize::try_new(default_page_size)?
     } else {
         let mut head = [0u8; DB_HEADER_SIZE];
-        db.read(cx, &mut head, 0)?;
-        let h = DbHeader::parse(&head, db_path)?;
+        let got = db.read(cx, &mut head, 0)?;
+        let h = DbHeader::parse(&head[..got.min(head.len())], db_path)?;
         h.require_wal_mode(db_path)?;
         h.page_size
     };
@@ -607,6 +608,66 @@ impl<V: Vfs> Coordinator<V> {
         match &self.inner {
             Inner::Hybrid(h) => h.begin(cx),
             Inner::FileLock(_) | Inner::Exclusive(_) => Err(FrankenError::ConcurrentUnavailable),
+        }
+    }
+
+    /// Installs (or with `None` removes) the commit hook (SQLite's `sqlite3_wal_hook`,
+    /// see [`fsqlite_wal::hooks`]): called after each durable, published commit, for
+    /// every transaction of a group commit in commit order, on the thread that made the
+    /// batch durable, before any of them returns. In hybrid mode a
+    /// [`CommitAction::Checkpoint`](fsqlite_wal::hooks::CommitAction) answer is ignored
+    /// (the coordinator does not checkpoint during its life); in `FileLockOnly` mode the
+    /// connection runs it.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use fsqlite_mvcc::{Coordinator, CoordinatorOptions};
+    /// use fsqlite_types::{Cx, PageNumber};
+    /// use fsqlite_vfs::UnixVfs;
+    /// use fsqlite_wal::hooks::{CommitAction, CommitInfo};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cx = Cx::new();
+    /// let db = Coordinator::open(&cx, Arc::new(UnixVfs::new()), dir.path().join("h.db"), CoordinatorOptions::default()).unwrap();
+    /// let frames = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&frames);
+    /// db.set_commit_hook(Some(Arc::new(move |c: &CommitInfo<'_>| {
+    ///     log.lock().unwrap().push(c.commit_frame);
+    ///     CommitAction::Nothing
+    /// })));
+    /// let mut txn = db.begin_concurrent(&cx).unwrap();
+    /// txn.write_page(&cx, PageNumber::new(1).unwrap(), &vec![0u8; db.page_size() as usize]).unwrap();
+    /// let frame = txn.commit(&cx, 1).unwrap();
+    /// assert_eq!(*frames.lock().unwrap(), vec![frame]);
+    /// db.close(&cx).unwrap();
+    /// ```
+    pub fn set_commit_hook(&self, hook: Option<CommitHook>) {
+        match &self.inner {
+            Inner::Hybrid(h) => h.set_commit_hook(hook),
+            Inner::FileLock(w) => w.lock().set_commit_hook(hook),
+            Inner::Exclusive(w) => w.lock().set_commit_hook(hook),
+        }
+    }
+
+    /// Installs (or with `None` removes) a busy handler (SQLite's `sqlite3_busy_handler`):
+    /// asked after each failed attempt, with the count of earlier calls, whether a lock
+    /// wait goes on (in hybrid mode: waiting for a free read-mark slot); it replaces
+    /// `busy_timeout` while installed.
+    pub fn set_busy_handler(&self, handler: Option<BusyHandler>) {
+        match &self.inner {
+            Inner::Hybrid(h) => h.set_busy_handler(handler),
+            Inner::FileLock(w) => w.lock().set_busy_handler(handler),
+            Inner::Exclusive(w) => w.lock().set_busy_handler(handler),
+        }
+    }
+
+    /// The `PRAGMA`-like status in one call ([`WalStatus`]): WAL frames, backfilled
+    /// frames, database size, the read marks and whether each is in use, the locking mode.
+    pub fn status(&self, cx: &Cx) -> Result<WalStatus> {
+        match &self.inner {
+            Inner::Hybrid(h) => h.status(cx),
+            Inner::FileLock(w) => w.lock().status(cx),
+            Inner::Exclusive(w) => w.lock().status(cx),
         }
     }
 

@@ -41,9 +41,10 @@ pub use compat::{
     CompatMode, CoordinatorProbeResult, HybridShmState, ReadLockOutcome, RecoveryPlan,
     ShmInspection, UpdatedLegacyShm, begin_concurrent_check, choose_reader_slot,
 };
-pub use concurrent::{ConcurrencyStats, ConcurrentTxn, Savepoint};
+pub use concurrent::{ConcurrencyStats, ConcurrentTxn};
 pub use coordinator::{
     Coordinator, CoordinatorOptions, KILL_AT_ENV, KillAt, KillPoint, ProbeReport, Takeover,
 };
+pub use fsqlite_wal::savepoint::Savepoint;
 pub use heap_shm::{HeapShmFile, HeapShmVfs};
 pub use lifecycle::{CoordinatorRecord, RecordDefect, RecordState, process_alive_os};

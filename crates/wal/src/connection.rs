@@ -67,13 +67,19 @@ use crate::checkpoint_executor::{
     wal_frame_data_offset,
 };
 use crate::db_header::{DB_HEADER_SIZE, DbHeader};
+use crate::format::FrameHeader;
 use crate::frame_map::FrameMap;
+use crate::hooks::{
+    BusyHandler, CommitAction, CommitHook, CommitInfo, ReadMarkStatus, WalStatus, auto_checkpoint,
+};
 use crate::locking_mode::{LockedDb, LockingMode};
-use crate::locks;
+use crate::locks::{self, Patience};
 use crate::recovery::{lock_for_recovery, rebuild_wal_index, unlock_after_recovery};
 use crate::recovery_fence::{
     PageVerifyMode, RECOVERY_FENCE_BACKOFF, RECOVERY_FENCE_MAX_RETRIES, RecoveryFence,
 };
+use crate::savepoint::{Savepoint, UndoLog};
+use crate::snapshot::WalSnapshot;
 use crate::wal::{SyncMode, WalFile, WalState};
 use crate::wal_index::{
     HashSegment, HeaderMemory, HeaderRead, READMARK_NOT_USED, WAL_READ_MARK_COUNT, WalIndex,
@@ -152,6 +158,14 @@ pub struct Wal<V: Vfs> {
     /// Page buffers of finished write transactions, reused by the next ones (no
     /// allocation per written page in steady state).
     spare_pages: Vec<Vec<u8>>,
+    /// Called after each durable commit (the auto-checkpoint is one such hook).
+    commit_hook: Option<CommitHook>,
+    /// Decides lock waits instead of `busy_timeout` when set.
+    busy_handler: Option<BusyHandler>,
+    /// `journal_size_limit`: the first commit after a WAL restart truncates `-wal` to it.
+    journal_size_limit: Option<u64>,
+    /// A WAL restart happened in this commit: apply `journal_size_limit` after it.
+    truncate_on_commit: bool,
 }
 
 impl<V: Vfs> std::fmt::Debug for Wal<V> {
@@ -249,7 +263,7 @@ impl<V: Vfs> Wal<V> {
             if got < head.len() {
                 short_read_error(cx, &db, &db_path, 0, got, head.len())?;
             }
-            match DbHeader::parse(&head, &db_path) {
+            match DbHeader::parse(&head[..got.min(head.len())], &db_path) {
                 Ok(h) => {
                     h.require_wal_mode(&db_path)?;
                     h.page_size
@@ -309,11 +323,20 @@ impl<V: Vfs> Wal<V> {
             frame_map: FrameMap::new(),
             drop_cx: Cx::new(),
             spare_pages: Vec::new(),
+            commit_hook: None,
+            busy_handler: None,
+            journal_size_limit: None,
+            truncate_on_commit: false,
         };
+        this.commit_hook = this
+            .options
+            .auto_checkpoint
+            .filter(|&n| n > 0)
+            .map(auto_checkpoint);
         // Bring the WAL-index up (recovering it if needed) exactly as the first read
         // would: while another connection is recovering it, wait (BusyRecovery after
         // busy_timeout) instead of failing at once.
-        this.begin_read_inner(cx)?;
+        this.begin_read_inner(cx, None)?;
         this.end_read(cx);
         if let Some(e) = bad_db_header
             && this.hdr.mx_frame == 0
@@ -400,8 +423,9 @@ impl<V: Vfs> Wal<V> {
         }
         match mode {
             LockingMode::Exclusive => {
+                let patience = self.patience();
                 let db = &mut self.db;
-                let got = locks::wait_until(cx, self.options.busy_timeout, || {
+                let got = locks::wait_until_with(cx, &patience, || {
                     match db.lock(cx, LockLevel::Exclusive) {
                         Ok(()) => Ok(true),
                         Err(FrankenError::Busy) => {
@@ -429,8 +453,8 @@ impl<V: Vfs> Wal<V> {
 
     /// Starts a read transaction on the newest committed snapshot.
     pub fn begin_read(&mut self, cx: &Cx) -> Result<ReadTxn<'_, V>> {
-        self.begin_read_inner(cx)?;
-        let snapshot = match self.capture_snapshot(cx) {
+        self.begin_read_inner(cx, None)?;
+        let snapshot = match self.capture_snapshot(cx, None) {
             Ok(s) => s,
             Err(e) => {
                 self.end_read(cx);
@@ -443,6 +467,256 @@ impl<V: Vfs> Wal<V> {
         })
     }
 
+    /// Starts a read transaction on exactly `snapshot` (SQLite's `sqlite3_snapshot_open`;
+    /// see [`crate::snapshot`]): it reads what a reader that began at that commit read,
+    /// and holds a read mark at or below it, so checkpoints cannot pass it while open.
+    /// `SnapshotUnavailable` (SQLITE_ERROR_SNAPSHOT) when the WAL no longer holds it: a
+    /// checkpoint copied frames past it into the database, the WAL was restarted since,
+    /// or the handle is not from this database's WAL.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use fsqlite_types::{Cx, PageNumber};
+    /// use fsqlite_vfs::MemoryVfs;
+    /// use fsqlite_wal::{CheckpointMode, Wal, WalOptions};
+    ///
+    /// let cx = Cx::new();
+    /// let mut wal = Wal::open(&cx, Arc::new(MemoryVfs::new()), "/a.db", WalOptions::default()).unwrap();
+    /// let mut tx = wal.begin_write(&cx).unwrap();
+    /// tx.write_page(&cx, PageNumber::new(1).unwrap(), &[5u8; 4096]).unwrap();
+    /// tx.commit(&cx, 1).unwrap();
+    /// let snap = wal.begin_read(&cx).unwrap().snapshot();
+    /// assert!(wal.begin_read_at(&cx, &snap).is_ok());
+    /// wal.checkpoint(&cx, CheckpointMode::Truncate).unwrap(); // the WAL starts over
+    /// let e = wal.begin_read_at(&cx, &snap).unwrap_err();
+    /// assert_eq!(e.extended_code(), 769); // SQLITE_ERROR_SNAPSHOT
+    /// ```
+    pub fn begin_read_at(&mut self, cx: &Cx, snapshot: &WalSnapshot) -> Result<ReadTxn<'_, V>> {
+        let target = *snapshot.hdr();
+        self.begin_read_inner(cx, Some(&target))?;
+        let snap = match self
+            .verify_snapshot_frame(cx, &target)
+            .and_then(|()| self.capture_snapshot(cx, Some(&target)))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.end_read(cx);
+                return Err(e);
+            }
+        };
+        tracing::debug!(target: "fsqlite.wal.snapshot", db = %self.db_path.display(), mx_frame = target.mx_frame, "read transaction opened on a snapshot");
+        Ok(ReadTxn { wal: self, snap })
+    }
+
+    /// Makes snapshots available again after a restart of the process, as
+    /// `sqlite3_snapshot_recover`: recovery sets `nBackfillAttempted` to `mxFrame` (how far
+    /// an interrupted checkpoint got is unknown), which hides every older snapshot. This
+    /// walks back from there over the frames not known to be backfilled and lowers
+    /// `nBackfillAttempted` past each frame whose page the database file does not hold,
+    /// stopping at the first one it does. Returns the new `nBackfillAttempted`: snapshots
+    /// at or after that frame can be opened. `Busy` while a checkpoint runs.
+    pub fn recover_snapshots(&mut self, cx: &Cx) -> Result<u32> {
+        self.begin_read_inner(cx, None)?;
+        let r = if locks::try_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 1)? {
+            let r = self.recover_snapshots_locked(cx);
+            let _ = locks::unlock_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 1);
+            r
+        } else {
+            Err(FrankenError::Busy)
+        };
+        self.end_read(cx);
+        r
+    }
+
+    fn recover_snapshots_locked(&mut self, cx: &Cx) -> Result<u32> {
+        let r0 = self.region0(cx, false)?;
+        if load_header_copies(&r0)[0] != self.hdr {
+            return Err(FrankenError::BusySnapshot);
+        }
+        let ps = self.page_size.bytes();
+        let db_bytes = self.db.file_size(cx)?;
+        let mut wal_page = vec![0u8; ps];
+        let mut db_page = vec![0u8; ps];
+        let floor = r0.n_backfill();
+        let mut attempted = r0.n_backfill_attempted().min(self.hdr.mx_frame);
+        while attempted > floor {
+            let frame = attempted;
+            let fh = self.read_frame_header_raw(cx, frame)?;
+            let db_off = u64::from(fh.page_number.saturating_sub(1)) * ps as u64;
+            if fh.page_number != 0 && db_off + ps as u64 <= db_bytes {
+                let off = wal_frame_data_offset(frame, self.page_size.get());
+                let a = self.wal.file().read(cx, &mut wal_page, off)?;
+                let b = self.db.read(cx, &mut db_page, db_off)?;
+                if a < ps || b < ps || wal_page == db_page {
+                    // The database may hold this frame: snapshots before it stay gone.
+                    break;
+                }
+            }
+            attempted -= 1;
+            r0.set_n_backfill_attempted(attempted);
+        }
+        tracing::info!(target: "fsqlite.wal.snapshot", db = %self.db_path.display(), n_backfill_attempted = attempted, "recovered snapshots");
+        Ok(attempted)
+    }
+
+    fn read_frame_header_raw(&self, cx: &Cx, frame: u32) -> Result<FrameHeader> {
+        let mut bytes = [0u8; crate::format::WAL_FRAME_HEADER_SIZE];
+        let off = wal_frame_data_offset(frame, self.page_size.get()) - bytes.len() as u64;
+        let got = self.wal.file().read(cx, &mut bytes, off)?;
+        if got < bytes.len() {
+            short_read_error(cx, self.wal.file(), &self.wal_path, off, got, bytes.len())?;
+            return Err(FrankenError::wal_corrupt(format!(
+                "frame {frame} lies past the end of {}",
+                self.wal_path.display()
+            )));
+        }
+        Ok(FrameHeader::from_bytes(&bytes))
+    }
+
+    /// The snapshot's commit frame must be in the WAL as the snapshot describes it.
+    fn verify_snapshot_frame(&self, cx: &Cx, target: &WalIndexHdr) -> Result<()> {
+        if target.mx_frame == 0 {
+            return Ok(());
+        }
+        let fh = self.read_frame_header_raw(cx, target.mx_frame)?;
+        if fh.salt != target.wal_salts()
+            || fh.db_size_after_commit != target.n_page
+            || fh.checksum != target.a_frame_cksum
+        {
+            return Err(FrankenError::SnapshotUnavailable {
+                reason: format!(
+                    "frame {} of {} is not the commit the snapshot names (a handle from another database?)",
+                    target.mx_frame,
+                    self.wal_path.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Installs (or with `None` removes) the commit hook, SQLite's `sqlite3_wal_hook`:
+    /// called after each durable, published commit with the WAL's frame count; its
+    /// answer can ask for a checkpoint. It replaces the auto-checkpoint of
+    /// `WalOptions::auto_checkpoint` (itself the hook [`crate::hooks::auto_checkpoint`]),
+    /// as in SQLite.
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicU32, Ordering}};
+    /// use fsqlite_types::{Cx, PageNumber};
+    /// use fsqlite_vfs::MemoryVfs;
+    /// use fsqlite_wal::hooks::{CommitAction, CommitInfo};
+    /// use fsqlite_wal::{CheckpointMode, Wal, WalOptions};
+    ///
+    /// let cx = Cx::new();
+    /// let mut wal = Wal::open(&cx, Arc::new(MemoryVfs::new()), "/h.db", WalOptions::default()).unwrap();
+    /// let seen = Arc::new(AtomicU32::new(0));
+    /// let s = Arc::clone(&seen);
+    /// // A policy of our own: TRUNCATE once the WAL holds 3 frames.
+    /// wal.set_commit_hook(Some(Arc::new(move |c: &CommitInfo<'_>| {
+    ///     s.store(c.wal_frames, Ordering::SeqCst);
+    ///     if c.wal_frames >= 3 { CommitAction::Checkpoint(CheckpointMode::Truncate) } else { CommitAction::Nothing }
+    /// })));
+    /// for i in 0..3u8 {
+    ///     let mut tx = wal.begin_write(&cx).unwrap();
+    ///     tx.write_page(&cx, PageNumber::new(1).unwrap(), &[i; 4096]).unwrap();
+    ///     tx.commit(&cx, 1).unwrap();
+    /// }
+    /// assert_eq!(seen.load(Ordering::SeqCst), 3);
+    /// assert_eq!(wal.status(&cx).unwrap().wal_frames, 0); // the hook's checkpoint ran
+    /// ```
+    pub fn set_commit_hook(&mut self, hook: Option<CommitHook>) {
+        self.commit_hook = hook;
+    }
+
+    /// Installs (or with `None` removes) a busy handler, SQLite's `sqlite3_busy_handler`:
+    /// every lock wait of this connection (for the write lock, a checkpoint's locks,
+    /// recovery, the exclusive locking mode) asks it after each failed attempt, with the
+    /// number of earlier calls for that wait, whether to go on; it replaces
+    /// `busy_timeout` while installed. The connection sleeps a short back-off between
+    /// attempts itself (20 µs doubling to 5 ms).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use fsqlite_types::Cx;
+    /// use fsqlite_vfs::MemoryVfs;
+    /// use fsqlite_wal::{Wal, WalOptions};
+    ///
+    /// let cx = Cx::new();
+    /// let vfs = Arc::new(MemoryVfs::new());
+    /// let mut a = Wal::open(&cx, Arc::clone(&vfs), "/b.db", WalOptions::default()).unwrap();
+    /// let mut b = Wal::open(&cx, vfs, "/b.db", WalOptions::default()).unwrap();
+    /// b.set_busy_handler(Some(Arc::new(|attempt| attempt < 3))); // three more tries, then Busy
+    /// let _writing = a.begin_write(&cx).unwrap();
+    /// assert!(b.begin_write(&cx).is_err());
+    /// ```
+    pub fn set_busy_handler(&mut self, handler: Option<BusyHandler>) {
+        self.busy_handler = handler;
+    }
+
+    /// SQLite's `PRAGMA journal_size_limit`: after a checkpoint let the WAL start over,
+    /// the next commit (which rewrites it from the start) truncates the `-wal` file to
+    /// `limit` bytes, or to the end of its own frames if they reach further; `None` (the
+    /// default, SQLite's -1) leaves the file at its largest size. A TRUNCATE checkpoint
+    /// truncates to 0 regardless.
+    pub fn set_journal_size_limit(&mut self, limit: Option<u64>) {
+        self.journal_size_limit = limit;
+    }
+
+    /// The limit set by [`Wal::set_journal_size_limit`].
+    pub fn journal_size_limit(&self) -> Option<u64> {
+        self.journal_size_limit
+    }
+
+    /// What a tool asks `PRAGMA`s for, in one call (see [`WalStatus`]): the WAL's frame
+    /// count and how many are backfilled, the database size, the read marks and whether
+    /// some connection holds each now, the locking mode. Reads the newest header (running
+    /// recovery if the `-shm` needs it), as a read transaction would.
+    pub fn status(&mut self, cx: &Cx) -> Result<WalStatus> {
+        self.begin_read_inner(cx, None)?;
+        self.end_read(cx);
+        let r0 = self.region0(cx, false)?;
+        let normal = self.db.mode() == LockingMode::Normal;
+        let mut read_marks = Vec::with_capacity(WAL_READ_MARK_COUNT);
+        for slot in 0..WAL_READ_MARK_COUNT {
+            let lock = wal_read_lock(slot as u32);
+            let in_use = normal && {
+                let free = locks::try_exclusive(&mut self.db, cx, lock, 1)?;
+                if free {
+                    locks::unlock_exclusive(&mut self.db, cx, lock, 1)?;
+                }
+                !free
+            };
+            read_marks.push(ReadMarkStatus {
+                slot,
+                mark: r0.read_mark(slot),
+                in_use,
+            });
+        }
+        let db_size = if self.hdr.mx_frame > 0 {
+            self.hdr.n_page
+        } else {
+            u32::try_from(self.db.file_size(cx)? / u64::from(self.page_size.get()))
+                .unwrap_or(u32::MAX)
+        };
+        Ok(WalStatus {
+            wal_frames: self.hdr.mx_frame,
+            backfilled: r0.n_backfill(),
+            backfill_attempted: r0.n_backfill_attempted(),
+            db_size,
+            page_size: self.page_size.get(),
+            read_marks,
+            locking_mode: self.db.mode(),
+            salts: self.hdr.wal_salts(),
+        })
+    }
+
+    fn patience(&self) -> Patience {
+        Patience {
+            timeout: self.options.busy_timeout,
+            handler: self.busy_handler.clone(),
+        }
+    }
+
     /// Starts a write transaction: a read snapshot plus the WAL write lock, waiting up to
     /// `busy_timeout` for another writer (then `Busy`).
     pub fn begin_write(&mut self, cx: &Cx) -> Result<WriteTxn<'_, V>> {
@@ -450,8 +724,9 @@ impl<V: Vfs> Wal<V> {
         // Taken at the first retry: the uncontended path reads no clock.
         let mut start: Option<Instant> = None;
         let mut backoff = Duration::from_micros(20);
+        let mut attempts = 0u32;
         loop {
-            self.begin_read_inner(cx)?;
+            self.begin_read_inner(cx, None)?;
             if locks::try_exclusive(&mut self.db, cx, WAL_WRITE_LOCK, 1)? {
                 self.write_locked = true;
                 // In exclusive locking mode nobody else can have committed.
@@ -466,13 +741,20 @@ impl<V: Vfs> Wal<V> {
             self.end_read(cx);
             cx.checkpoint()?;
             let waited = start.get_or_insert_with(Instant::now).elapsed();
-            if waited >= self.options.busy_timeout {
+            let patience = self.patience();
+            if !patience.keep_waiting(attempts, waited) {
                 return Err(FrankenError::Busy);
             }
-            std::thread::sleep(backoff.min(self.options.busy_timeout.saturating_sub(waited)));
+            attempts = attempts.saturating_add(1);
+            let nap = if patience.handler.is_some() {
+                backoff
+            } else {
+                backoff.min(self.options.busy_timeout.saturating_sub(waited))
+            };
+            std::thread::sleep(nap);
             backoff = (backoff * 2).min(Duration::from_millis(5));
         }
-        let snap = match self.capture_snapshot(cx) {
+        let snap = match self.capture_snapshot(cx, None) {
             Ok(s) => s,
             Err(e) => {
                 self.unlock_write(cx);
@@ -484,6 +766,7 @@ impl<V: Vfs> Wal<V> {
             wal: self,
             snap,
             dirty: BTreeMap::new(),
+            undo: UndoLog::new(),
             done: false,
         })
     }
@@ -687,7 +970,8 @@ impl<V: Vfs> Wal<V> {
             RECOVERY_FENCE_MAX_RETRIES,
             RECOVERY_FENCE_BACKOFF,
         )?;
-        lock_for_recovery(cx, &mut self.db, self.options.busy_timeout)?;
+        let patience = self.patience();
+        lock_for_recovery(cx, &mut self.db, patience)?;
         let r = self.recover_locked(cx);
         let _ = unlock_after_recovery(cx, &mut self.db);
         if r.is_ok() {
@@ -744,11 +1028,14 @@ impl<V: Vfs> Wal<V> {
         }
     }
 
-    /// SQLite's `walTryBeginRead` loop (FORMAT.md §6).
-    fn begin_read_inner(&mut self, cx: &Cx) -> Result<()> {
+    /// SQLite's `walTryBeginRead` loop (FORMAT.md §6). With `target` (a snapshot), the
+    /// read mark is chosen at or below the snapshot's `mxFrame` and, once it is held, the
+    /// snapshot is checked to be still available (`walBeginReadTransaction`).
+    fn begin_read_inner(&mut self, cx: &Cx, target: Option<&WalIndexHdr>) -> Result<()> {
         debug_assert!(self.read_lock.is_none());
         // Taken at the first busy answer: the uncontended path reads no clock.
         let mut start: Option<Instant> = None;
+        let mut recovery_waits = 0u32;
         for cnt in 0..=MAX_READ_ATTEMPTS {
             if cnt == MAX_READ_ATTEMPTS {
                 return Err(FrankenError::Protocol);
@@ -769,8 +1056,10 @@ impl<V: Vfs> Wal<V> {
                         locks::unlock_shared(&mut self.db, cx, WAL_RECOVER_LOCK)?;
                         continue;
                     }
-                    if start.get_or_insert_with(Instant::now).elapsed() < self.options.busy_timeout
-                    {
+                    let waited = start.get_or_insert_with(Instant::now).elapsed();
+                    let go_on = self.patience().keep_waiting(recovery_waits, waited);
+                    recovery_waits = recovery_waits.saturating_add(1);
+                    if go_on {
                         continue;
                     }
                     return Err(FrankenError::BusyRecovery);
@@ -778,12 +1067,19 @@ impl<V: Vfs> Wal<V> {
                 Err(e) => return Err(e),
             }
             let r0 = self.region0(cx, false)?;
-            let mx = self.hdr.mx_frame;
+            if let Some(t) = target {
+                self.snapshot_still_in_wal(t, r0.n_backfill_attempted())?;
+            }
+            let mx = target.map_or(self.hdr.mx_frame, |t| t.mx_frame);
             // The re-checks after a lock guard against other connections; in exclusive
             // locking mode there are none.
             let recheck = self.db.mode() == LockingMode::Normal;
-            // When READ_LOCK(0) is busy (a checkpointer holds it), use a read mark.
-            if r0.n_backfill() == mx && locks::try_shared(&mut self.db, cx, wal_read_lock(0))? {
+            // When READ_LOCK(0) is busy (a checkpointer holds it), use a read mark. A
+            // snapshot never reads from slot 0 (it may need frames the database lacks).
+            if target.is_none()
+                && r0.n_backfill() == mx
+                && locks::try_shared(&mut self.db, cx, wal_read_lock(0))?
+            {
                 if recheck {
                     r0.barrier();
                 }
@@ -836,15 +1132,59 @@ impl<V: Vfs> Wal<V> {
                 locks::unlock_shared(&mut self.db, cx, wal_read_lock(slot))?;
                 continue;
             }
+            if let Some(t) = target {
+                // With the mark held no checkpoint can pass it from now on; one running
+                // (CKPT held) may still be copying past the snapshot, so look under CKPT
+                // shared, as SQLite does.
+                if recheck && !locks::try_shared(&mut self.db, cx, WAL_CKPT_LOCK)? {
+                    locks::unlock_shared(&mut self.db, cx, wal_read_lock(slot))?;
+                    continue;
+                }
+                let ok = self.snapshot_still_in_wal(t, r0.n_backfill_attempted());
+                if recheck {
+                    locks::unlock_shared(&mut self.db, cx, WAL_CKPT_LOCK)?;
+                }
+                if let Err(e) = ok {
+                    locks::unlock_shared(&mut self.db, cx, wal_read_lock(slot))?;
+                    return Err(e);
+                }
+                // Frames 1..=mxFrame of the snapshot, newest first, then the database
+                // file (which holds no frame past the snapshot).
+                self.min_frame = 1;
+            }
             self.read_lock = Some(slot);
             return Ok(());
         }
         Err(FrankenError::Protocol)
     }
 
-    /// Maps every region the current snapshot needs and computes its database size.
-    fn capture_snapshot(&mut self, cx: &Cx) -> Result<Snapshot> {
-        let mx = self.hdr.mx_frame;
+    /// `SnapshotUnavailable` unless `t` is still in the WAL per the live header (`self.hdr`)
+    /// and `nBackfillAttempted`.
+    fn snapshot_still_in_wal(&self, t: &WalIndexHdr, n_backfill_attempted: u32) -> Result<()> {
+        let reason = if t.a_salt != self.hdr.a_salt {
+            "the WAL was restarted since it was taken (a checkpoint let the WAL start over)"
+                .to_string()
+        } else if t.mx_frame > self.hdr.mx_frame {
+            format!(
+                "it names frame {} but the WAL holds {} committed frames",
+                t.mx_frame, self.hdr.mx_frame
+            )
+        } else if n_backfill_attempted > t.mx_frame {
+            format!(
+                "a checkpoint copied frames up to {n_backfill_attempted} into the database, past the snapshot's frame {} (after a restart, recover_snapshots may bring it back)",
+                t.mx_frame
+            )
+        } else {
+            return Ok(());
+        };
+        Err(FrankenError::SnapshotUnavailable { reason })
+    }
+
+    /// Maps every region the current snapshot (or `target`) needs and computes its
+    /// database size.
+    fn capture_snapshot(&mut self, cx: &Cx, target: Option<&WalIndexHdr>) -> Result<Snapshot> {
+        let hdr = target.copied().unwrap_or(self.hdr);
+        let mx = hdr.mx_frame;
         let mut regions = Vec::new();
         if self.read_lock != Some(0) && mx > 0 {
             for k in 0..=frame_region(mx) {
@@ -862,19 +1202,23 @@ impl<V: Vfs> Wal<V> {
             }
         }
         let db_size = if mx > 0 {
-            self.hdr.n_page
+            hdr.n_page
         } else {
             let bytes = self.db.file_size(cx)?;
             u32::try_from(bytes / u64::from(self.page_size.get())).unwrap_or(u32::MAX)
         };
-        let use_map =
-            !regions.is_empty() && self.frame_map.sync_to(&regions, self.hdr.wal_salts(), mx)?;
+        // The private map describes the newest frames only: a snapshot reads the hash
+        // tables, bounded by its own mxFrame.
+        let use_map = target.is_none()
+            && !regions.is_empty()
+            && self.frame_map.sync_to(&regions, self.hdr.wal_salts(), mx)?;
         Ok(Snapshot {
             regions,
             use_map,
             mx_frame: if self.read_lock == Some(0) { 0 } else { mx },
             min_frame: self.min_frame,
             db_size,
+            hdr,
         })
     }
 
@@ -988,6 +1332,7 @@ impl<V: Vfs> Wal<V> {
             let r = self.restart_hdr(cx);
             locks::unlock_exclusive(&mut self.db, cx, wal_read_lock(1), 4)?;
             r?;
+            self.truncate_on_commit = true;
         }
         if self.hdr.mx_frame == 0 && self.hdr.a_salt == [0, 0] {
             let mut b = [0u8; 8];
@@ -1042,7 +1387,34 @@ impl<V: Vfs> Wal<V> {
         self.index.publish_header(cx, &mut self.db, &mut hdr)?;
         self.hdr = hdr;
         tracing::trace!(target: "fsqlite.wal.write", mx_frame = last, pages = frames.len(), db_size, "committed");
+        if std::mem::take(&mut self.truncate_on_commit)
+            && let Some(limit) = self.journal_size_limit
+        {
+            self.limit_wal_size(cx, limit, last);
+        }
         Ok(last)
+    }
+
+    /// SQLite's `walLimitSize`: truncates `-wal` to `limit` bytes, or to the end of frame
+    /// `last` if that is further; a failure is logged, never the commit's.
+    fn limit_wal_size(&mut self, cx: &Cx, limit: u64, last: u32) {
+        let end =
+            wal_frame_data_offset(last, self.page_size.get()) + u64::from(self.page_size.get());
+        let size = limit.max(end);
+        match self.wal.file().file_size(cx) {
+            Ok(now) if now > size => match self.wal.file_mut().truncate(cx, size) {
+                Ok(()) => {
+                    tracing::debug!(target: "fsqlite.wal.write", from = now, to = size, "journal_size_limit: truncated the WAL");
+                }
+                Err(e) => {
+                    tracing::warn!(target: "fsqlite.wal.write", error = %e, "journal_size_limit: could not truncate the WAL; the commit stands");
+                }
+            },
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(target: "fsqlite.wal.write", error = %e, "journal_size_limit: could not size the WAL; the commit stands");
+            }
+        }
     }
 
     fn checkpoint_locked(
@@ -1053,14 +1425,9 @@ impl<V: Vfs> Wal<V> {
     ) -> Result<CheckpointOutcome> {
         let mut busy = false;
         let mut eff_mode = mode;
+        let patience = self.patience();
         if mode != CheckpointMode::Passive {
-            if locks::wait_exclusive(
-                &mut self.db,
-                cx,
-                WAL_WRITE_LOCK,
-                1,
-                self.options.busy_timeout,
-            )? {
+            if locks::wait_exclusive_with(&mut self.db, cx, WAL_WRITE_LOCK, 1, &patience)? {
                 self.write_locked = true;
                 *write_held = true;
             } else {
@@ -1076,14 +1443,13 @@ impl<V: Vfs> Wal<V> {
         let r0 = self.region0(cx, false)?;
         let mx = self.hdr.mx_frame;
         let uses_busy = eff_mode != CheckpointMode::Passive;
-        let timeout = self.options.busy_timeout;
         if r0.n_backfill() < mx {
             let marks: [u32; WAL_READ_MARK_COUNT] = std::array::from_fn(|i| r0.read_mark(i));
             let db = &mut self.db;
             let sf = try_compute_safe_frame(mx, &marks, eff_mode, |att| {
                 let slot = att.slot as u32;
                 let got = if att.use_busy_handler {
-                    locks::wait_exclusive(db, cx, wal_read_lock(slot), 1, timeout)?
+                    locks::wait_exclusive_with(db, cx, wal_read_lock(slot), 1, &patience)?
                 } else {
                     locks::try_exclusive(db, cx, wal_read_lock(slot), 1)?
                 };
@@ -1117,7 +1483,7 @@ impl<V: Vfs> Wal<V> {
                     max_run_pages_for(self.page_size.get(), CHECKPOINT_RUN_BYTES),
                 );
                 let got0 = if uses_busy {
-                    locks::wait_exclusive(&mut self.db, cx, wal_read_lock(0), 1, timeout)?
+                    locks::wait_exclusive_with(&mut self.db, cx, wal_read_lock(0), 1, &patience)?
                 } else {
                     locks::try_exclusive(&mut self.db, cx, wal_read_lock(0), 1)?
                 };
@@ -1144,7 +1510,7 @@ impl<V: Vfs> Wal<V> {
             && *write_held
             && !busy
         {
-            if locks::wait_exclusive(&mut self.db, cx, wal_read_lock(1), 4, timeout)? {
+            if locks::wait_exclusive_with(&mut self.db, cx, wal_read_lock(1), 4, &patience)? {
                 let r = if eff_mode == CheckpointMode::Truncate {
                     self.restart_hdr(cx).and_then(|salt2| {
                         self.wal.truncate_to_zero(cx, salt2).inspect_err(|e| {
@@ -1258,6 +1624,8 @@ struct Snapshot {
     mx_frame: u32,
     min_frame: u32,
     db_size: u32,
+    /// The header the snapshot is of (its `mx_frame` even when reading the db file only).
+    hdr: WalIndexHdr,
 }
 
 /// A read transaction: a consistent snapshot, protected by a read mark until dropped.
@@ -1286,6 +1654,14 @@ impl<V: Vfs> ReadTxn<'_, V> {
         self.snap.mx_frame
     }
 
+    /// A handle on this transaction's snapshot (SQLite's `sqlite3_snapshot_get`), to
+    /// open it again later with [`Wal::begin_read_at`] (see [`crate::snapshot`]).
+    pub fn snapshot(&self) -> WalSnapshot {
+        let mut hdr = self.snap.hdr;
+        hdr.seal();
+        WalSnapshot::new(hdr)
+    }
+
     /// Reads `page` as of this snapshot into `buf` (exactly one page). Pages past the end
     /// of the database file read as zeros.
     pub fn read_page(&self, cx: &Cx, page: PageNumber, buf: &mut [u8]) -> Result<()> {
@@ -1306,6 +1682,8 @@ pub struct WriteTxn<'a, V: Vfs> {
     wal: &'a mut Wal<V>,
     snap: Snapshot,
     dirty: BTreeMap<PageNumber, Vec<u8>>,
+    /// Open savepoints and their undo images.
+    undo: UndoLog<PageNumber, Vec<u8>>,
     done: bool,
 }
 
@@ -1349,6 +1727,7 @@ impl<V: Vfs> WriteTxn<'_, V> {
                 data.len(),
             ));
         }
+        self.undo.record(page, &self.dirty);
         match self.dirty.entry(page) {
             std::collections::btree_map::Entry::Occupied(mut e) => {
                 e.get_mut().copy_from_slice(data);
@@ -1363,6 +1742,54 @@ impl<V: Vfs> WriteTxn<'_, V> {
         Ok(())
     }
 
+    /// Opens a savepoint (SQLite's `SAVEPOINT`), nested inside any open one:
+    /// [`WriteTxn::rollback_to`] undoes the writes made since, [`WriteTxn::release`]
+    /// keeps them. Memory: one saved image per page first overwritten inside a savepoint
+    /// (pages first written inside it need none).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use fsqlite_types::{Cx, PageNumber};
+    /// use fsqlite_vfs::MemoryVfs;
+    /// use fsqlite_wal::{Wal, WalOptions};
+    ///
+    /// let cx = Cx::new();
+    /// let mut wal = Wal::open(&cx, Arc::new(MemoryVfs::new()), "/sp.db", WalOptions::default()).unwrap();
+    /// let (p1, p2) = (PageNumber::new(1).unwrap(), PageNumber::new(2).unwrap());
+    /// let mut tx = wal.begin_write(&cx).unwrap();
+    /// tx.write_page(&cx, p1, &[1u8; 4096]).unwrap();
+    /// let sp = tx.savepoint();
+    /// tx.write_page(&cx, p1, &[2u8; 4096]).unwrap();
+    /// tx.write_page(&cx, p2, &[2u8; 4096]).unwrap();
+    /// tx.rollback_to(sp).unwrap(); // page 1 is back to 1s, page 2 unwritten
+    /// tx.release(sp).unwrap();
+    /// let mut buf = [0u8; 4096];
+    /// tx.read_page(&cx, p1, &mut buf).unwrap();
+    /// assert_eq!(buf[0], 1);
+    /// assert_eq!(tx.pages_written(), 1);
+    /// tx.commit(&cx, 1).unwrap();
+    /// ```
+    pub fn savepoint(&mut self) -> Savepoint {
+        self.undo.savepoint()
+    }
+
+    /// Undoes every write made since `sp` opened (savepoints nested in it close); `sp`
+    /// stays open, as SQLite's `ROLLBACK TO` leaves it.
+    pub fn rollback_to(&mut self, sp: Savepoint) -> Result<()> {
+        self.undo.rollback_to(sp, &mut self.dirty)
+    }
+
+    /// Closes `sp` and the savepoints nested in it, keeping their writes (merged into the
+    /// enclosing savepoint, if any).
+    pub fn release(&mut self, sp: Savepoint) -> Result<()> {
+        self.undo.release(sp)
+    }
+
+    /// Distinct pages written so far.
+    pub fn pages_written(&self) -> usize {
+        self.dirty.len()
+    }
+
     /// Commits: appends the pages (those `<= db_size`) to the WAL with the commit marker
     /// `db_size`, syncs per `SyncMode`, indexes and publishes them, and returns the new
     /// `mxFrame`. When this returns `Ok` the commit is durable (per `SyncMode`) and
@@ -1374,14 +1801,19 @@ impl<V: Vfs> WriteTxn<'_, V> {
         self.done = true;
         self.wal.end_write_and_read(cx);
         let mx = r?;
-        if let Some(n) = self.wal.options.auto_checkpoint
-            && n > 0
-            && mx >= n
-        {
-            match self.wal.checkpoint(cx, CheckpointMode::Passive) {
-                Ok(_) | Err(FrankenError::Busy | FrankenError::BusyRecovery) => {}
-                Err(e) => {
-                    tracing::warn!(target: "fsqlite.wal.checkpoint", error = %e, "auto-checkpoint failed; the commit stands");
+        if let Some(hook) = self.wal.commit_hook.clone() {
+            let action = hook(&CommitInfo {
+                db_path: &self.wal.db_path,
+                wal_frames: mx,
+                commit_frame: mx,
+                db_size,
+            });
+            if let CommitAction::Checkpoint(mode) = action {
+                match self.wal.checkpoint(cx, mode) {
+                    Ok(_) | Err(FrankenError::Busy | FrankenError::BusyRecovery) => {}
+                    Err(e) => {
+                        tracing::warn!(target: "fsqlite.wal.checkpoint", error = %e, ?mode, "checkpoint asked for by the commit hook failed; the commit stands");
+                    }
                 }
             }
         }
@@ -1397,6 +1829,7 @@ impl<V: Vfs> WriteTxn<'_, V> {
     fn finish(&mut self, cx: &Cx) {
         if !self.done {
             self.done = true;
+            self.undo.clear();
             let dirty = std::mem::take(&mut self.dirty);
             self.wal.recycle_pages(dirty);
             self.wal.end_write_and_read(cx);

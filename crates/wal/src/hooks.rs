@@ -5,23 +5,28 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use fsqlite_wal::hooks::{BusyHandler, CommitHook, CommitInfo};
+//! use fsqlite_wal::CheckpointMode;
+//! use fsqlite_wal::hooks::{BusyHandler, CommitAction, CommitHook, CommitInfo};
 //!
 //! // Keep waiting for a lock for at most 20 attempts (the caller's own policy).
 //! let busy: BusyHandler = Arc::new(|attempt: u32| attempt < 20);
 //! assert!(busy(3) && !busy(20));
-//! // A checkpoint policy: ask for a checkpoint once the WAL holds 500 frames.
+//! // A checkpoint policy: a TRUNCATE checkpoint once the WAL holds 500 frames.
 //! let hook: CommitHook = Arc::new(|c: &CommitInfo<'_>| {
 //!     if c.wal_frames >= 500 {
-//!         println!("checkpoint {} now ({} frames)", c.db_path.display(), c.wal_frames);
+//!         CommitAction::Checkpoint(CheckpointMode::Truncate)
+//!     } else {
+//!         CommitAction::Nothing
 //!     }
 //! });
-//! hook(&CommitInfo { db_path: std::path::Path::new("app.db"), wal_frames: 12, commit_frame: 12, db_size: 3 });
+//! let info = CommitInfo { db_path: std::path::Path::new("app.db"), wal_frames: 12, commit_frame: 12, db_size: 3 };
+//! assert_eq!(hook(&info), CommitAction::Nothing);
 //! ```
 
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::checkpoint::CheckpointMode;
 use crate::locking_mode::LockingMode;
 
 /// Decides whether a lock wait goes on: called with the number of earlier calls for the
@@ -43,10 +48,46 @@ pub struct CommitInfo<'a> {
     pub db_size: u32,
 }
 
+/// What a [`CommitHook`] asks the connection to do once it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitAction {
+    /// Nothing more.
+    Nothing,
+    /// Run a checkpoint of this mode now, on the committing thread, after the commit's
+    /// locks are released (a `Busy` answer is ignored; the commit stands either way).
+    /// The coordinator of `fsqlite-mvcc` does not checkpoint during its life and ignores it.
+    Checkpoint(CheckpointMode),
+}
+
 /// Called after each durable, published commit (SQLite's `sqlite3_wal_hook`), on the
 /// committing thread, before the commit returns; a checkpoint policy or a replicator
-/// builds on it. It must not call back into the same connection.
-pub type CommitHook = Arc<dyn Fn(&CommitInfo<'_>) + Send + Sync>;
+/// builds on it. Its answer can ask for a checkpoint ([`CommitAction`]). It must not call
+/// back into the same connection. SQLite's auto-checkpoint is [`auto_checkpoint`].
+pub type CommitHook = Arc<dyn Fn(&CommitInfo<'_>) -> CommitAction + Send + Sync>;
+
+/// SQLite's built-in policy (`sqlite3_wal_autocheckpoint`) as a [`CommitHook`]: a PASSIVE
+/// checkpoint after every commit that leaves at least `frames` frames in the WAL. A `Wal`
+/// opened with `WalOptions::auto_checkpoint = Some(n)` starts with this hook installed;
+/// installing another hook replaces it, as in SQLite.
+///
+/// ```
+/// use fsqlite_wal::CheckpointMode;
+/// use fsqlite_wal::hooks::{CommitAction, CommitInfo, auto_checkpoint};
+///
+/// let hook = auto_checkpoint(1000);
+/// let at = |frames| CommitInfo { db_path: "a.db".as_ref(), wal_frames: frames, commit_frame: frames, db_size: 1 };
+/// assert_eq!(hook(&at(999)), CommitAction::Nothing);
+/// assert_eq!(hook(&at(1000)), CommitAction::Checkpoint(CheckpointMode::Passive));
+/// ```
+pub fn auto_checkpoint(frames: u32) -> CommitHook {
+    Arc::new(move |c: &CommitInfo<'_>| {
+        if frames > 0 && c.wal_frames >= frames {
+            CommitAction::Checkpoint(CheckpointMode::Passive)
+        } else {
+            CommitAction::Nothing
+        }
+    })
+}
 
 /// Everything a tool asks `PRAGMA`s for, from one call.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -59,11 +59,14 @@ pub mod locking_mode;
 pub mod locks;
 pub mod recovery;
 pub mod recovery_fence;
+pub mod savepoint;
 mod scan_parallel;
+pub mod snapshot;
 pub mod wal;
 pub mod wal_index;
 
 pub use checkpoint::{CheckpointMode, CheckpointOutcome};
 pub use connection::{ReadTxn, Wal, WalOptions, WriteTxn};
 pub use locking_mode::LockingMode;
+pub use snapshot::WalSnapshot;
 pub use wal::{GroupedCommit, ScanReport, StopReason, SyncMode, WalFile, WalState};

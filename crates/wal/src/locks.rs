@@ -11,6 +11,52 @@ use fsqlite_error::{FrankenError, Result};
 use fsqlite_types::Cx;
 use fsqlite_vfs::{SHM_EXCLUSIVE, SHM_LOCK, SHM_SHARED, SHM_UNLOCK, VfsFile};
 
+use crate::hooks::BusyHandler;
+
+/// How long a lock wait goes on: until a time budget runs out, or as long as a
+/// [`BusyHandler`] says so (it replaces the budget when installed). Between attempts the
+/// waiter sleeps a capped exponential back-off (20 µs doubling to 5 ms) either way.
+#[derive(Clone)]
+pub struct Patience {
+    /// The time budget (`busy_timeout`), used when there is no handler.
+    pub timeout: Duration,
+    /// The user's busy handler, called with the number of earlier calls for this wait.
+    pub handler: Option<BusyHandler>,
+}
+
+impl std::fmt::Debug for Patience {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Patience")
+            .field("timeout", &self.timeout)
+            .field("handler", &self.handler.is_some())
+            .finish()
+    }
+}
+
+impl From<Duration> for Patience {
+    fn from(timeout: Duration) -> Self {
+        Self::timeout(timeout)
+    }
+}
+
+impl Patience {
+    /// A time budget only.
+    pub fn timeout(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            handler: None,
+        }
+    }
+
+    /// After `attempt` failed tries (counting from 0) and `waited` so far: go on?
+    pub fn keep_waiting(&self, attempt: u32, waited: Duration) -> bool {
+        match &self.handler {
+            Some(h) => h(attempt),
+            None => waited < self.timeout,
+        }
+    }
+}
+
 /// First back-off step while waiting for a lock.
 const FIRST_BACKOFF: Duration = Duration::from_micros(20);
 /// Longest single sleep while waiting for a lock.
@@ -49,20 +95,36 @@ pub fn unlock_shared<F: VfsFile + ?Sized>(f: &mut F, cx: &Cx, idx: u32) -> Resul
 pub fn wait_until(
     cx: &Cx,
     timeout: Duration,
+    attempt: impl FnMut() -> Result<bool>,
+) -> Result<bool> {
+    wait_until_with(cx, &Patience::timeout(timeout), attempt)
+}
+
+/// [`wait_until`] with a [`Patience`]: with a busy handler, the handler decides after
+/// each failed attempt whether to go on.
+pub fn wait_until_with(
+    cx: &Cx,
+    patience: &Patience,
     mut attempt: impl FnMut() -> Result<bool>,
 ) -> Result<bool> {
     let start = Instant::now();
     let mut backoff = FIRST_BACKOFF;
+    let mut calls = 0u32;
     loop {
         if attempt()? {
             return Ok(true);
         }
         let elapsed = start.elapsed();
-        if elapsed >= timeout {
+        if !patience.keep_waiting(calls, elapsed) {
             return Ok(false);
         }
+        calls = calls.saturating_add(1);
         cx.checkpoint()?;
-        let mut nap = backoff.min(timeout.saturating_sub(elapsed));
+        let mut nap = if patience.handler.is_some() {
+            backoff
+        } else {
+            backoff.min(patience.timeout.saturating_sub(elapsed))
+        };
         if let Some(rem) = cx.remaining() {
             nap = nap.min(rem);
         }
@@ -80,6 +142,17 @@ pub fn wait_exclusive<F: VfsFile + ?Sized>(
     timeout: Duration,
 ) -> Result<bool> {
     wait_until(cx, timeout, || try_exclusive(f, cx, idx, n))
+}
+
+/// [`wait_exclusive`] with a [`Patience`].
+pub fn wait_exclusive_with<F: VfsFile + ?Sized>(
+    f: &mut F,
+    cx: &Cx,
+    idx: u32,
+    n: u32,
+    patience: &Patience,
+) -> Result<bool> {
+    wait_until_with(cx, patience, || try_exclusive(f, cx, idx, n))
 }
 
 /// Waits up to `timeout` for a shared lock on slot `idx`.
@@ -110,6 +183,18 @@ mod tests {
             })
             .unwrap()
         );
+        // A busy handler decides instead of the clock, and is told the attempt count.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        let p = Patience {
+            timeout: Duration::ZERO,
+            handler: Some(std::sync::Arc::new(move |n| {
+                log.lock().unwrap().push(n);
+                n < 3
+            })),
+        };
+        assert!(!wait_until_with(&cx, &p, || Ok(false)).unwrap());
+        assert_eq!(*seen.lock().unwrap(), vec![0, 1, 2, 3]);
         cx.cancel();
         assert!(matches!(
             wait_until(&cx, Duration::from_secs(5), || Ok(false)),

@@ -44,10 +44,16 @@ use crate::wal_index::{
 };
 
 /// Takes `WAL_CKPT_LOCK` and `WAL_RECOVER_LOCK` exclusively (one range of two slots),
-/// waiting up to `timeout`; `Busy` after that. The caller already holds WRITE.
-pub fn lock_for_recovery<D: VfsFile>(cx: &Cx, db: &mut D, timeout: Duration) -> Result<()> {
+/// waiting as `patience` allows (a `Duration` is a plain time budget); `Busy` after that.
+/// The caller already holds WRITE.
+pub fn lock_for_recovery<D: VfsFile>(
+    cx: &Cx,
+    db: &mut D,
+    patience: impl Into<locks::Patience>,
+) -> Result<()> {
     const _: () = assert!(fsqlite_vfs::WAL_RECOVER_LOCK == fsqlite_vfs::WAL_CKPT_LOCK + 1);
-    if locks::wait_exclusive(db, cx, fsqlite_vfs::WAL_CKPT_LOCK, 2, timeout)? {
+    let patience = patience.into();
+    if locks::wait_exclusive_with(db, cx, fsqlite_vfs::WAL_CKPT_LOCK, 2, &patience)? {
         Ok(())
     } else {
         Err(FrankenError::Busy)

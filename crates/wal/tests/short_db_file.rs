@@ -44,7 +44,6 @@ fn wal_open_on_a_16_byte_file_holding_the_magic_is_cannot_open() {
 /// `DbHeader::parse` (`&head[..got]` in `connection.rs`), rather than the zero-padded
 /// 100-byte buffer: the file's length.
 #[test]
-#[ignore = "needs crates/wal/src/connection.rs to call DbHeader::parse(&head[..got], ..)"]
 fn wal_open_on_a_16_byte_file_names_its_length() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("short.db");
