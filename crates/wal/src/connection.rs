@@ -609,20 +609,20 @@ impl<V: Vfs> Wal<V> {
     ///
     /// let cx = Cx::new();
     /// let mut wal = Wal::open(&cx, Arc::new(MemoryVfs::new()), "/h.db", WalOptions::default()).unwrap();
-    /// let seen = Arc::new(AtomicU32::new(0));
-    /// let s = Arc::clone(&seen);
-    /// // A policy of our own: TRUNCATE once the WAL holds 3 frames.
+    /// let calls = Arc::new(AtomicU32::new(0));
+    /// let c2 = Arc::clone(&calls);
+    /// // A policy of our own: a TRUNCATE checkpoint whenever the WAL holds a frame.
     /// wal.set_commit_hook(Some(Arc::new(move |c: &CommitInfo<'_>| {
-    ///     s.store(c.wal_frames, Ordering::SeqCst);
-    ///     if c.wal_frames >= 3 { CommitAction::Checkpoint(CheckpointMode::Truncate) } else { CommitAction::Nothing }
+    ///     c2.fetch_add(1, Ordering::SeqCst);
+    ///     if c.wal_frames > 0 { CommitAction::Checkpoint(CheckpointMode::Truncate) } else { CommitAction::Nothing }
     /// })));
     /// for i in 0..3u8 {
     ///     let mut tx = wal.begin_write(&cx).unwrap();
     ///     tx.write_page(&cx, PageNumber::new(1).unwrap(), &[i; 4096]).unwrap();
     ///     tx.commit(&cx, 1).unwrap();
+    ///     assert_eq!(wal.status(&cx).unwrap().wal_frames, 0); // the hook's checkpoint ran
     /// }
-    /// assert_eq!(seen.load(Ordering::SeqCst), 3);
-    /// assert_eq!(wal.status(&cx).unwrap().wal_frames, 0); // the hook's checkpoint ran
+    /// assert_eq!(calls.load(Ordering::SeqCst), 3);
     /// ```
     pub fn set_commit_hook(&mut self, hook: Option<CommitHook>) {
         self.commit_hook = hook;

@@ -70,7 +70,7 @@ mod sqlite_snap {
         let mut p: *mut ffi::sqlite3_snapshot = std::ptr::null_mut();
         // SAFETY: the handle is a live connection with a read transaction open; `p`
         // receives a snapshot SQLite allocates.
-        let rc = unsafe { ffi::sqlite3_snapshot_get(conn.handle(), main().as_ptr(), &mut p) };
+        let rc = unsafe { ffi::sqlite3_snapshot_get(conn.handle(), main().as_ptr(), &raw mut p) };
         assert_eq!(rc, ffi::SQLITE_OK, "sqlite3_snapshot_get");
         Snap::Sqlite(p)
     }
