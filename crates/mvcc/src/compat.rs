@@ -171,6 +171,14 @@ impl HybridShmState {
         }
     }
 
+    /// Takes the live `-shm` header and checkpoint info after another writer (an fsqlite
+    /// peer process, or an admitted stock SQLite writer) published, keeping the write-lock
+    /// mark and the page size.
+    pub fn adopt_published(&mut self, hdr: WalIndexHdr, ckpt: WalCkptInfo) {
+        self.hdr = hdr;
+        self.ckpt = ckpt;
+    }
+
     /// True while the write lock is marked held.
     pub fn is_write_lock_held(&self) -> bool {
         self.write_lock_since.is_some()

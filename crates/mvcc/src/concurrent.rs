@@ -55,9 +55,12 @@ use fsqlite_wal::hooks::{
     BusyHandler, CommitAction, CommitHook, CommitInfo, ReadMarkStatus, WalStatus,
 };
 use fsqlite_wal::locking_mode::LockingMode;
-use fsqlite_wal::locks;
+use fsqlite_wal::locks::{self, Patience};
 use fsqlite_wal::savepoint::{Savepoint, UndoLog};
-use fsqlite_wal::wal_index::{HeaderMemory, WAL_READ_MARK_COUNT, WALINDEX_PGSZ};
+use fsqlite_wal::wal_index::{
+    HeaderMemory, HeaderRead, WAL_READ_MARK_COUNT, WALINDEX_PGSZ, WalIndex, WalIndexHdr,
+    load_header_copies,
+};
 use parking_lot::{Mutex, RwLock};
 
 use crate::compat::HybridShmState;
@@ -107,8 +110,10 @@ struct Versions {
     mx: u32,
     /// Database size after it.
     n_page: u32,
-    /// WAL generation (bumped by every restart).
+    /// WAL generation (bumped by every restart, ours or another writer's).
     generation: u64,
+    /// The salts of that generation (a change in the live header is a restart).
+    salts: [u32; 2],
     /// Page -> frames holding it, ascending, all `<= mx`.
     frames: HashMap<u32, Vec<u32>>,
     /// Commit frames (ascending) after which the database size changed.
@@ -125,6 +130,50 @@ impl Versions {
     fn newest(&self, page: u32) -> Option<u32> {
         self.frames.get(&page).and_then(|l| l.last().copied())
     }
+
+    /// Takes up the published header `hdr` (a commit by this process, another fsqlite
+    /// process or an admitted SQLite writer): the frames past `mx` from the `-shm`
+    /// page-number arrays (`page_of`), a size change when `nPage` differs, and on new
+    /// salts (a WAL restart) a new generation whose every frame is new. Monotone and
+    /// idempotent: a header this map is already at (or past) changes nothing.
+    fn catch_up(
+        &mut self,
+        hdr: &WalIndexHdr,
+        mut page_of: impl FnMut(u32) -> Result<u32>,
+    ) -> Result<()> {
+        let salts = hdr.wal_salts();
+        let restarted = salts != self.salts;
+        if !restarted && hdr.mx_frame <= self.mx {
+            return Ok(());
+        }
+        if restarted {
+            // A generation without frames (the first commit of a new WAL, or one that was
+            // restarted before) has only frame-0 snapshots, which read the database file
+            // alone; every frame of the new salts is newer than them, as in one generation.
+            if self.mx > 0 {
+                self.generation += 1;
+            }
+            self.salts = salts;
+            self.mx = 0;
+            self.frames.clear();
+            self.size_changes.clear();
+        }
+        for frame in self.mx + 1..=hdr.mx_frame {
+            let page = page_of(frame)?;
+            self.frames.entry(page).or_default().push(frame);
+        }
+        let n_page = if hdr.mx_frame > 0 || hdr.n_page > 0 {
+            hdr.n_page
+        } else {
+            self.n_page
+        };
+        if n_page != self.n_page {
+            self.size_changes.push(hdr.mx_frame);
+            self.n_page = n_page;
+        }
+        self.mx = hdr.mx_frame;
+        Ok(())
+    }
 }
 
 /// A snapshot: what a transaction reads.
@@ -133,12 +182,15 @@ struct Snapshot {
     frame: u32,
     db_size: u32,
     generation: u64,
+    salts: [u32; 2],
 }
 
 /// Read-mark slots held on the reader handle, shared by reference count.
 struct ReadSlots<F> {
     file: F,
     region0: Option<ShmRegion>,
+    /// The `-shm` regions seen through `file` (page numbers of other writers' frames).
+    index: WalIndex,
     /// `(mark, references)` per slot (slot 0 is never used).
     held: [(u32, u32); WAL_READ_MARK_COUNT],
 }
@@ -233,6 +285,7 @@ impl<V: Vfs> HybridShared<V> {
         let mut versions = Versions {
             mx: hdr.mx_frame,
             generation: 0,
+            salts: hdr.wal_salts(),
             ..Versions::default()
         };
         versions.n_page = if hdr.mx_frame > 0 {
@@ -261,6 +314,7 @@ impl<V: Vfs> HybridShared<V> {
             slots: Mutex::new(ReadSlots {
                 file: lock_file,
                 region0: None,
+                index: WalIndex::new(),
                 held: [(0, 0); WAL_READ_MARK_COUNT],
             }),
             versions: RwLock::new(versions),
@@ -294,6 +348,7 @@ impl<V: Vfs> HybridShared<V> {
                 let _ = locks::unlock_shared(&mut slots.file, &cx, wal_read_lock(slot as u32));
             }
         }
+        slots.index.forget_mappings();
         let _ = slots.file.shm_unmap(&cx, false);
         core.into_inner()
     }
@@ -394,6 +449,13 @@ impl<V: Vfs> HybridShared<V> {
         self.hooks.write().busy = handler;
     }
 
+    fn patience(&self) -> Patience {
+        Patience {
+            timeout: self.busy_timeout,
+            handler: self.hooks.read().busy.clone(),
+        }
+    }
+
     /// The one-call status (see [`WalStatus`]); read marks held by this process's
     /// transactions count as in use, the others are probed with a try-lock.
     pub(crate) fn status(&self, cx: &Cx) -> Result<WalStatus> {
@@ -444,12 +506,41 @@ impl<V: Vfs> HybridShared<V> {
             frame: v.mx,
             db_size: v.n_page,
             generation: v.generation,
+            salts: v.salts,
         }
+    }
+
+    /// At begin: takes up commits other writers published since (lock-free read of the
+    /// live header, as a SQLite reader does; a header being written is skipped: the
+    /// snapshot is then the last one seen, which is still a committed state).
+    fn catch_up_live(&self, cx: &Cx, slots: &mut ReadSlots<V::File>) -> Result<()> {
+        let mut live = WalIndexHdr::default();
+        match slots
+            .index
+            .read_header(cx, &mut slots.file, false, &mut live)?
+        {
+            HeaderRead::Unchanged | HeaderRead::Changed => {}
+            HeaderRead::UnsupportedVersion { .. } | HeaderRead::NeedsRecovery(_) => {
+                return Ok(());
+            }
+        }
+        {
+            let v = self.versions.read();
+            if v.salts == live.wal_salts() && live.mx_frame <= v.mx {
+                return Ok(());
+            }
+        }
+        let mut v = self.versions.write();
+        let ReadSlots { file, index, .. } = slots;
+        v.catch_up(&live, |f| {
+            index.frame_page(cx, file, f).map(PageNumber::get)
+        })
     }
 
     fn try_acquire_snapshot(&self, cx: &Cx) -> Result<Option<(Snapshot, usize)>> {
         let mut guard = self.slots.lock();
         let slots = &mut *guard;
+        self.catch_up_live(cx, slots)?;
         let snap = self.current();
         // 1. join an in-process slot whose mark is this snapshot
         if let Some(i) =
@@ -487,7 +578,10 @@ impl<V: Vfs> HybridShared<V> {
                 Err(e) => return Err(e),
             }
             r0.barrier();
-            if r0.read_mark(i) != snap.frame || self.current() != snap {
+            if r0.read_mark(i) != snap.frame
+                || self.current() != snap
+                || !live_salts_are(&r0, snap.salts)
+            {
                 locks::unlock_shared(&mut slots.file, cx, lock)?;
                 return Ok(None);
             }
@@ -514,7 +608,7 @@ impl<V: Vfs> HybridShared<V> {
                 continue;
             }
             r0.barrier();
-            if r0.read_mark(i) != m || self.current() != snap {
+            if r0.read_mark(i) != m || self.current() != snap || !live_salts_are(&r0, snap.salts) {
                 locks::unlock_shared(&mut slots.file, cx, lock)?;
                 return Ok(None);
             }
@@ -657,6 +751,45 @@ impl<V: Vfs> HybridShared<V> {
         let cx = Cx::new();
         let mut results: Vec<Option<Result<u32>>> = (0..batch.len()).map(|_| None).collect();
         let mut core = self.core.lock();
+        // The serial section across processes: other writers' commits are taken up
+        // before anything is validated against them.
+        let patience = self.patience();
+        let entered = core.lock_batch(&cx, &patience).and_then(|()| {
+            if core.refresh(&cx)? {
+                let hdr = core.state.legacy_hdr();
+                let c = &mut *core;
+                self.versions.write().catch_up(&hdr, |f| {
+                    c.index.frame_page(&cx, &mut c.db, f).map(PageNumber::get)
+                })?;
+            }
+            Ok(())
+        });
+        if let Err(e) = entered {
+            core.unlock_batch(&cx);
+            drop(core);
+            for req in batch {
+                if let Some(slot) = req.slot {
+                    self.release_slot(slot);
+                }
+            }
+            tracing::debug!(target: TRACE, error = %e, "group commit could not enter its serial section");
+            let text = e.to_string();
+            let mut e = Some(e);
+            return batch
+                .iter()
+                .map(|_| {
+                    Err(e.take().unwrap_or_else(|| {
+                        if text.contains("busy") {
+                            FrankenError::Busy
+                        } else {
+                            FrankenError::internal(format!(
+                                "the group commit could not start: {text}"
+                            ))
+                        }
+                    }))
+                })
+                .collect();
+        }
         let mut accepted: Vec<Accepted<'_>> = Vec::new();
         let mut flight: InFlight;
         {
@@ -709,6 +842,7 @@ impl<V: Vfs> HybridShared<V> {
         }
         let mut restarted = false;
         if accepted.is_empty() {
+            core.unlock_batch(&cx);
             drop(core);
         } else {
             let mut f = self.in_flight.lock();
@@ -723,8 +857,12 @@ impl<V: Vfs> HybridShared<V> {
                 v.size_changes.clear();
                 restarted = true;
             });
-            if let Err(e) = r {
-                tracing::warn!(target: TRACE, error = %e, "WAL restart failed; appending to the current WAL");
+            match r {
+                Ok(true) => self.versions.write().salts = core.state.legacy_hdr().wal_salts(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(target: TRACE, error = %e, "WAL restart failed; appending to the current WAL");
+                }
             }
             let txns: Vec<GroupedCommit<'_>> = accepted
                 .iter()
@@ -746,29 +884,45 @@ impl<V: Vfs> HybridShared<V> {
             );
             match appended {
                 Ok(ends) => {
-                    let last = core.state.legacy_hdr().mx_frame;
-                    let n_page = core.state.legacy_hdr().n_page;
+                    let published = core.state.legacy_hdr();
+                    let last = published.mx_frame;
                     let syncs = u64::from(core.options.sync.syncs_on_commit());
-                    drop(core);
                     let mut v = self.versions.write();
-                    let mut frame = first;
-                    let mut prev_n = v.n_page;
+                    if v.salts == published.wal_salts() && v.mx + 1 == first {
+                        // The usual case: this batch's frames, exactly, in commit order.
+                        let mut frame = first;
+                        let mut prev_n = v.n_page;
+                        for (a, &end) in accepted.iter().zip(&ends) {
+                            for (p, _) in &a.frames {
+                                v.frames.entry(p.get()).or_default().push(frame);
+                                frame += 1;
+                            }
+                            if a.db_size != prev_n {
+                                v.size_changes.push(end);
+                            }
+                            prev_n = a.db_size;
+                        }
+                        // Padding frames repeat the last page; reads find the same image
+                        // at the commit frame, so they need no map entry.
+                        v.mx = last;
+                        v.n_page = published.n_page;
+                    } else {
+                        // A begin already took up this header, or the WAL restarted under
+                        // this batch: the -shm says which frames are whose.
+                        let c = &mut *core;
+                        let caught = v.catch_up(&published, |f| {
+                            c.index.frame_page(&cx, &mut c.db, f).map(PageNumber::get)
+                        });
+                        if let Err(e) = caught {
+                            core.latch(&e);
+                        }
+                    }
+                    drop(v);
+                    core.unlock_batch(&cx);
+                    drop(core);
                     for (a, &end) in accepted.iter().zip(&ends) {
-                        for (p, _) in &a.frames {
-                            v.frames.entry(p.get()).or_default().push(frame);
-                            frame += 1;
-                        }
-                        if a.db_size != prev_n {
-                            v.size_changes.push(end);
-                        }
-                        prev_n = a.db_size;
                         results[a.index] = Some(Ok(end));
                     }
-                    // Padding frames repeat the last page; reads find the same image at
-                    // the commit frame, so they need no map entry.
-                    v.mx = last;
-                    v.n_page = n_page;
-                    drop(v);
                     if let Some(hook) = self.hooks.read().commit.clone() {
                         for (a, &end) in accepted.iter().zip(&ends) {
                             let action = hook(&CommitInfo {
@@ -788,6 +942,7 @@ impl<V: Vfs> HybridShared<V> {
                         restarted, "group commit durable and published");
                 }
                 Err(e) => {
+                    core.unlock_batch(&cx);
                     drop(core);
                     tracing::error!(target: TRACE, error = %e, transactions = accepted.len(), "group commit failed");
                     let text = e.to_string();
@@ -830,6 +985,12 @@ impl<V: Vfs> HybridShared<V> {
         }
         out
     }
+}
+
+/// True when the live header (copy A) still has `salts`: no writer restarted the WAL
+/// since the snapshot was read (a mark held from now on keeps it so).
+fn live_salts_are(r0: &ShmRegion, salts: [u32; 2]) -> bool {
+    load_header_copies(r0)[0].wal_salts() == salts
 }
 
 fn conflict(item: String, frame: u32, snapshot: u32) -> FrankenError {

@@ -71,7 +71,7 @@ use fsqlite_wal::checksum::WAL_HEADER_SIZE;
 use fsqlite_wal::db_header::{DB_HEADER_SIZE, DbHeader};
 use fsqlite_wal::format::WalHeader;
 use fsqlite_wal::hooks::{BusyHandler, CommitHook, WalStatus};
-use fsqlite_wal::locks;
+use fsqlite_wal::locks::{self, Patience};
 use fsqlite_wal::recovery::{lock_for_recovery, rebuild_wal_index, unlock_after_recovery};
 use fsqlite_wal::recovery_fence::{
     RECOVERY_FENCE_BACKOFF, RECOVERY_FENCE_MAX_RETRIES, RecoveryFence,
@@ -230,7 +230,59 @@ pub struct CoordinatorOptions {
     /// counts as having read the whole database (any commit since its snapshot
     /// conflicts), so memory stays bounded. Default 1,048,576.
     pub max_read_set: usize,
+    /// What stock SQLite writers get while fsqlite processes have the database open in
+    /// hybrid mode (see [`LegacyWriters`]); default [`LegacyWriters::Excluded`]. Every
+    /// process on one database must use the same setting (a mismatch fails the open).
+    pub legacy_writers: LegacyWriters,
 }
+
+/// What stock SQLite writers get while fsqlite processes have a database open in hybrid
+/// mode ([`CoordinatorOptions::legacy_writers`]). Either way any number of fsqlite
+/// processes write the database concurrently, each with many `BEGIN CONCURRENT`
+/// threads, and stock SQLite readers see every commit.
+///
+/// ```
+/// use fsqlite_mvcc::{CoordinatorOptions, LegacyWriters};
+/// // Let a stock SQLite process (a cron job, the sqlite3 shell) write too:
+/// let opts = CoordinatorOptions { legacy_writers: LegacyWriters::Admitted, ..CoordinatorOptions::default() };
+/// assert_ne!(opts.legacy_writers, LegacyWriters::default());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LegacyWriters {
+    /// Kept out: a stock SQLite writer gets SQLITE_BUSY while any fsqlite process has the
+    /// database open (each holds `WAL_WRITE_LOCK` shared for its whole life, so SQLite's
+    /// exclusive request always fails). fsqlite processes serialize their group commits
+    /// with the RESERVED lock of `<db>.fsqlite-shm`. The seed's hybrid behaviour.
+    #[default]
+    Excluded,
+    /// Admitted: each group commit takes `WAL_WRITE_LOCK` exclusively for its serial
+    /// section (refresh, validate, append, sync, publish), exactly as a SQLite writer
+    /// does, so a stock SQLite writer commits between two batches as one more serialized
+    /// writer, and concurrent transactions validate against its commits too.
+    Admitted,
+}
+
+impl LegacyWriters {
+    fn code(self) -> u8 {
+        match self {
+            Self::Excluded => b'X',
+            Self::Admitted => b'A',
+        }
+    }
+
+    fn describe(code: u8) -> &'static str {
+        match code {
+            b'X' => "LegacyWriters::Excluded",
+            b'A' => "LegacyWriters::Admitted",
+            _ => "an unknown setting",
+        }
+    }
+}
+
+/// Where in `<db>.fsqlite-shm` the setting of the processes on the database is kept
+/// (past the 48-byte record, whose trailing bytes readers ignore).
+const MODE_OFFSET: u64 = 64;
+const MODE_MAGIC: &[u8; 8] = b"FSQLMODE";
 
 impl Default for CoordinatorOptions {
     fn default() -> Self {
@@ -244,6 +296,7 @@ impl Default for CoordinatorOptions {
             kill_at: KillAt::from_env(),
             max_txn_pages: 1 << 16,
             max_read_set: 1 << 20,
+            legacy_writers: LegacyWriters::Excluded,
         }
     }
 }
@@ -281,6 +334,9 @@ pub struct Takeover {
     pub mx_frame: u32,
     /// This coordinator's generation.
     pub generation: u64,
+    /// Other fsqlite processes had the database open: this one joined them (no
+    /// recovery decisions; the live `-shm` is theirs and ours).
+    pub joined: bool,
 }
 
 /// A database opened through the coordinator (see the module docs). `Send + Sync`:
@@ -402,6 +458,8 @@ pub(crate) struct Hybrid<V: Vfs> {
     pub(crate) takeover: Takeover,
     pub(crate) commits: u64,
     pub(crate) latched: Option<String>,
+    /// The serial section of a batch is held (see [`LegacyWriters`]).
+    batch_held: bool,
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -863,17 +921,43 @@ impl<V: Vfs> Hybrid<V> {
         page_size: PageSize,
         options: CoordinatorOptions,
     ) -> Result<Self> {
+        // Membership: every fsqlite process on the database holds SHARED on the record
+        // file for its life; the first one (EXCLUSIVE granted) takes over, the others join.
+        let mut record_file = record_file;
+        let member = locks::wait_until(cx, options.busy_timeout, || {
+            match record_file.lock(cx, LockLevel::Shared) {
+                Ok(()) => Ok(true),
+                Err(FrankenError::Busy) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })?;
+        if !member {
+            tracing::info!(target: TRACE, db = %db_path.display(), "another fsqlite process kept taking over for longer than busy_timeout");
+            return Err(FrankenError::Busy);
+        }
+        let first = match record_file.lock(cx, LockLevel::Exclusive) {
+            Ok(()) => true,
+            Err(FrankenError::Busy) => {
+                record_file.unlock(cx, LockLevel::Shared)?;
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        if !first {
+            return Self::join(cx, vfs, db_path, db, record_file, page_size, options);
+        }
         let probe = probe_locked(cx, &mut db, Some(&record_file), options.probe_timeout)?;
         match probe.result {
             CoordinatorProbeResult::NoCoordinator => {}
             CoordinatorProbeResult::Active => {
                 let pid = probe.record.map_or(0, |r| r.pid);
-                tracing::info!(target: TRACE, db = %db_path.display(), pid, "another coordinator is active");
+                tracing::info!(target: TRACE, db = %db_path.display(), pid,
+                    "the record names a live coordinator that is not a member (an older fsqlite?)");
                 return Err(FrankenError::Busy);
             }
             CoordinatorProbeResult::Timeout => {
                 tracing::info!(target: TRACE, db = %db_path.display(), waited_ms = probe.waited.as_millis() as u64,
-                    "WAL_WRITE_LOCK stayed busy and no live coordinator is recorded (a legacy writer?)");
+                    "WAL_WRITE_LOCK stayed busy and no fsqlite process has the database open (a legacy writer?)");
                 return Err(FrankenError::Busy);
             }
         }
@@ -913,19 +997,161 @@ impl<V: Vfs> Hybrid<V> {
                 rebuilt: false,
                 mx_frame: 0,
                 generation,
+                joined: false,
             },
             commits: 0,
             latched: None,
+            batch_held: false,
         };
         this.take_over(cx)?;
+        // The lock of the serial section: kept shared for life (Excluded), or let go and
+        // taken per batch (Admitted).
+        match this.options.legacy_writers {
+            LegacyWriters::Excluded => match this.db.shm_downgrade(cx, WAL_WRITE_LOCK) {
+                Ok(()) => {}
+                // A VFS without an atomic downgrade lets go first; take it shared again.
+                Err(FrankenError::Busy) => {
+                    let db = &mut this.db;
+                    if !locks::wait_until(cx, this.options.probe_timeout, || {
+                        locks::try_shared(db, cx, WAL_WRITE_LOCK)
+                    })? {
+                        return Err(FrankenError::Busy);
+                    }
+                }
+                Err(e) => return Err(e),
+            },
+            LegacyWriters::Admitted => {
+                locks::unlock_exclusive(&mut this.db, cx, WAL_WRITE_LOCK, 1)?;
+                this.state.mark_write_lock_released();
+            }
+        }
+        this.record_file.unlock(cx, LockLevel::Shared)?;
         Ok(this)
     }
+
+    /// Joins the fsqlite processes that have the database open: same setting, the
+    /// write lock for life (Excluded), then, inside one serial section, the live `-shm`
+    /// header adopted (recovered first if a dead member left it torn).
+    fn join(
+        cx: &Cx,
+        vfs: Arc<V>,
+        db_path: &Path,
+        mut db: V::File,
+        record_file: V::File,
+        page_size: PageSize,
+        options: CoordinatorOptions,
+    ) -> Result<Self> {
+        let mut marker = [0u8; 9];
+        let got = record_file.read(cx, &mut marker, MODE_OFFSET)?;
+        if got == marker.len()
+            && &marker[..8] == MODE_MAGIC
+            && marker[8] != options.legacy_writers.code()
+        {
+            return Err(FrankenError::cannot_open(
+                db_path,
+                format!(
+                    "the fsqlite processes that have it open use {}, this one asks for {:?};                      open every process on one database with the same                      CoordinatorOptions::legacy_writers",
+                    LegacyWriters::describe(marker[8]),
+                    options.legacy_writers
+                ),
+            ));
+        }
+        if options.legacy_writers == LegacyWriters::Excluded {
+            let ok = locks::wait_until(cx, options.probe_timeout, || {
+                locks::try_shared(&mut db, cx, WAL_WRITE_LOCK)
+            })?;
+            if !ok {
+                tracing::info!(target: TRACE, db = %db_path.display(),
+                    "WAL_WRITE_LOCK stayed held exclusively while other fsqlite processes have the database open (a process with LegacyWriters::Admitted mid-batch?)");
+                return Err(FrankenError::Busy);
+            }
+        }
+        let previous = read_record(cx, &record_file)?.ok();
+        let generation = previous.map_or(0, |r| r.generation).wrapping_add(1);
+        let wal_path = sibling(db_path, "-wal");
+        let shm_path = sibling(db_path, "-shm");
+        let (wal_file, _) = vfs.open(
+            cx,
+            Some(&wal_path),
+            VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE | VfsOpenFlags::WAL,
+        )?;
+        let wal = WalFile::attach(wal_file, Some(wal_path.clone())).with_sync_mode(SyncMode::Off);
+        let mut state = HybridShmState::new(WalIndexHdr::default(), WalCkptInfo::default());
+        if options.legacy_writers == LegacyWriters::Excluded {
+            state.mark_write_lock_held(Instant::now());
+        }
+        let mut this = Self {
+            vfs,
+            db_path: db_path.to_path_buf(),
+            db,
+            wal,
+            wal_path,
+            shm_path,
+            record_file,
+            index: WalIndex::new(),
+            state,
+            page_size,
+            options,
+            record: CoordinatorRecord::for_this_process(generation),
+            takeover: Takeover {
+                previous,
+                previous_died: false,
+                plan: RecoveryPlan::default(),
+                defect: None,
+                stale_marks: Vec::new(),
+                rebuilt: false,
+                mx_frame: 0,
+                generation,
+                joined: true,
+            },
+            commits: 0,
+            latched: None,
+            batch_held: false,
+        };
+        let patience = Patience::timeout(this.options.probe_timeout);
+        this.lock_batch(cx, &patience)?;
+        let r = this.join_locked(cx);
+        this.unlock_batch(cx);
+        r?;
+        Ok(this)
+    }
+
+    fn join_locked(&mut self, cx: &Cx) -> Result<()> {
+        // A brand-new state: whatever the live header is, it differs from it.
+        self.refresh(cx)?;
+        self.takeover.mx_frame = self.state.legacy_hdr().mx_frame;
+        self.record_file.write(
+            cx,
+            &record_bytes(&self.record, self.options.legacy_writers),
+            0,
+        )?;
+        tracing::info!(
+            target: TRACE,
+            db = %self.db_path.display(),
+            pid = self.record.pid,
+            mode = ?self.options.legacy_writers,
+            mx_frame = self.takeover.mx_frame,
+            "joined the fsqlite processes writing {}",
+            self.db_path.display()
+        );
+        Ok(())
+    }
+}
+
+/// The record followed by the setting of the processes on the database, written in one
+/// call (`MODE_OFFSET` past the record's 48 bytes, which readers of the record ignore).
+fn record_bytes(record: &CoordinatorRecord, mode: LegacyWriters) -> Vec<u8> {
+    let mut b = record.encode().to_vec();
+    b.resize(MODE_OFFSET as usize, 0);
+    b.extend_from_slice(MODE_MAGIC);
+    b.push(mode.code());
+    b
 }
 
 const _: () = assert!(WAL_RECOVER_LOCK == WAL_CKPT_LOCK + 1);
 
 impl<V: Vfs> Hybrid<V> {
-    fn latch(&mut self, e: &FrankenError) {
+    pub(crate) fn latch(&mut self, e: &FrankenError) {
         if self.latched.is_none() {
             tracing::error!(target: TRACE, db = %self.db_path.display(), error = %e,
                 "commit failed after its frames were written; the coordinator refuses further \
@@ -1001,7 +1227,11 @@ impl<V: Vfs> Hybrid<V> {
         state.mark_write_lock_held(Instant::now());
         self.state = state;
         self.takeover.mx_frame = hdr.mx_frame;
-        self.record_file.write(cx, &self.record.encode(), 0)?;
+        self.record_file.write(
+            cx,
+            &record_bytes(&self.record, self.options.legacy_writers),
+            0,
+        )?;
         tracing::info!(
             target: TRACE,
             db = %self.db_path.display(),
@@ -1170,6 +1400,93 @@ impl<V: Vfs> Hybrid<V> {
             self.wal_path.display()
         );
         Ok(())
+    }
+
+    /// Enters the serial section of a group commit (see [`LegacyWriters`]): the record
+    /// file's RESERVED lock (Excluded) or `WAL_WRITE_LOCK` exclusively (Admitted), polled
+    /// with a short back-off (10 µs doubling to 200 µs) as long as `patience` allows;
+    /// `Busy` after that.
+    pub(crate) fn lock_batch(&mut self, cx: &Cx, patience: &Patience) -> Result<()> {
+        debug_assert!(!self.batch_held);
+        let start = std::time::Instant::now();
+        let mut nap = Duration::from_micros(10);
+        let mut attempt = 0u32;
+        loop {
+            let got = match self.options.legacy_writers {
+                LegacyWriters::Excluded => match self.record_file.lock(cx, LockLevel::Reserved) {
+                    Ok(()) => true,
+                    Err(FrankenError::Busy) => false,
+                    Err(e) => return Err(e),
+                },
+                LegacyWriters::Admitted => {
+                    locks::try_exclusive(&mut self.db, cx, WAL_WRITE_LOCK, 1)?
+                }
+            };
+            if got {
+                self.batch_held = true;
+                self.state.mark_write_lock_held(Instant::now());
+                return Ok(());
+            }
+            if !patience.keep_waiting(attempt, start.elapsed()) {
+                tracing::debug!(target: TRACE, db = %self.db_path.display(), attempt, "the serial section of a group commit stayed busy");
+                return Err(FrankenError::Busy);
+            }
+            attempt = attempt.saturating_add(1);
+            cx.checkpoint()?;
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_micros(200));
+        }
+    }
+
+    /// Leaves the serial section entered by [`Hybrid::lock_batch`].
+    pub(crate) fn unlock_batch(&mut self, cx: &Cx) {
+        if !std::mem::take(&mut self.batch_held) {
+            return;
+        }
+        let r = match self.options.legacy_writers {
+            LegacyWriters::Excluded => self.record_file.unlock(cx, LockLevel::Shared),
+            LegacyWriters::Admitted => {
+                self.state.mark_write_lock_released();
+                locks::unlock_exclusive(&mut self.db, cx, WAL_WRITE_LOCK, 1)
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(target: TRACE, error = %e, "releasing the serial section's lock failed");
+        }
+    }
+
+    /// Inside the serial section: takes up what other writers (fsqlite peers, admitted
+    /// SQLite writers) published since this process last looked, recovering the index
+    /// first when a writer died mid-publish and left the header torn. Returns whether the
+    /// live header differed from this process's copy.
+    pub(crate) fn refresh(&mut self, cx: &Cx) -> Result<bool> {
+        debug_assert!(self.batch_held);
+        let mut hdr = WalIndexHdr::default();
+        let live = match self.index.read_header(cx, &mut self.db, true, &mut hdr)? {
+            HeaderRead::Unchanged | HeaderRead::Changed => hdr,
+            HeaderRead::UnsupportedVersion { found } => {
+                return Err(unsupported_version_error(&self.shm_path, found));
+            }
+            HeaderRead::NeedsRecovery(d) => {
+                tracing::warn!(target: TRACE, db = %self.db_path.display(), defect = %d,
+                    "the WAL-index header is unusable (a writer died while publishing?); rebuilding it from the WAL");
+                let mut inspection = RecoveryPlan::inspect_shm(cx, &mut self.db, &self.shm_path)?;
+                inspection.plan.reconstruct_wal_index = true;
+                self.recover(cx, &inspection)?;
+                self.read_live_header(cx)?
+            }
+        };
+        let mine = self.state.legacy_hdr();
+        if live == mine && self.wal.state().is_some() {
+            return Ok(false);
+        }
+        self.check_page_size(cx, &live)?;
+        self.sync_wal_state(cx, &live)?;
+        let r0 = self.region0(cx)?;
+        self.state.adopt_published(live, r0.load_ckpt_info());
+        self.state.set_page_size(self.page_size);
+        tracing::trace!(target: TRACE, from = mine.mx_frame, to = live.mx_frame, "took up other writers' commits");
+        Ok(true)
     }
 
     /// Appends already-validated transactions as one group commit (see the module docs):
@@ -1349,8 +1666,31 @@ impl<V: Vfs> Hybrid<V> {
             state: RecordState::Closed,
             ..self.record
         };
-        let mut result = self.record_file.write(cx, &closed.encode(), 0);
-        result = result.and(locks::unlock_exclusive(&mut self.db, cx, WAL_WRITE_LOCK, 1));
+        self.unlock_batch(cx);
+        // The record says "closed" only when this is the last fsqlite process.
+        let last = match self.record_file.lock(cx, LockLevel::Exclusive) {
+            Ok(()) => true,
+            Err(FrankenError::Busy) => false,
+            Err(e) => {
+                tracing::warn!(target: TRACE, error = %e, "could not tell whether other fsqlite processes remain");
+                false
+            }
+        };
+        // Generations only grow: a member that joined later may have written a newer one.
+        let closed = CoordinatorRecord {
+            generation: read_record(cx, &self.record_file)?
+                .map_or(closed.generation, |r| r.generation.max(closed.generation)),
+            ..closed
+        };
+        let mut result = if last {
+            self.record_file.write(cx, &closed.encode(), 0)
+        } else {
+            Ok(())
+        };
+        if self.options.legacy_writers == LegacyWriters::Excluded {
+            result = result.and(locks::unlock_shared(&mut self.db, cx, WAL_WRITE_LOCK));
+        }
+        let _ = self.record_file.unlock(cx, LockLevel::None);
         self.state.mark_write_lock_released();
         self.index.forget_mappings();
         result = result.and(self.db.shm_unmap(cx, false));

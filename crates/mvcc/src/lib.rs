@@ -43,7 +43,8 @@ pub use compat::{
 };
 pub use concurrent::{ConcurrencyStats, ConcurrentTxn};
 pub use coordinator::{
-    Coordinator, CoordinatorOptions, KILL_AT_ENV, KillAt, KillPoint, ProbeReport, Takeover,
+    Coordinator, CoordinatorOptions, KILL_AT_ENV, KillAt, KillPoint, LegacyWriters, ProbeReport,
+    Takeover,
 };
 pub use fsqlite_wal::savepoint::Savepoint;
 pub use heap_shm::{HeapShmFile, HeapShmVfs};

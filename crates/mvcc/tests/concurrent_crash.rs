@@ -628,10 +628,11 @@ fn crash_at_every_write_and_sync_of_group_commits() {
          --test concurrent_crash (batching is timing-dependent):\n{failures:#?}"
     );
     // Runs differ in how many writes and syncs they make (group-commit batching depends
-    // on timing, and leaders gather), so a crash point past a run's end is skipped;
-    // still, most points must have been hit.
+    // on timing, and leaders gather; a batch also waits for its serial section's lock),
+    // so a crash point past a run's end is skipped; still, a third of the points of the
+    // baseline run must have been hit in every pass on average.
     assert!(
-        points >= PASSES * baseline_ops / 2,
+        points >= PASSES * baseline_ops / 3,
         "too few crash points ran: {points} (baseline run: {baseline_ops} writes/syncs)"
     );
     for op in ["write /bank.db-wal", "sync /bank.db-wal"] {

@@ -7,7 +7,7 @@
 //! 2. a SQLite writer gets `SQLITE_BUSY` for the coordinator's whole life and writes again
 //!    once it closes;
 //! 3. the probe reports `Active` (a live coordinator), `Timeout` (a legacy writer holds
-//!    `WAL_WRITE_LOCK`) and `NoCoordinator`, and a second open fails with `Busy`;
+//!    `WAL_WRITE_LOCK`) and `NoCoordinator`; a second coordinator joins the first;
 //! 4. after a legacy checkpoint copied everything, the next commit restarts the WAL (new
 //!    salts) and SQLite still reads every row;
 //! 5. a coordinator dropped without `close` is detected by the next opener;
@@ -198,8 +198,29 @@ fn probe_reports_active_timeout_and_none() {
         "a live record ends the wait: {:?}",
         p.waited
     );
-    let second = open(&db, options());
-    assert!(matches!(second, Err(FrankenError::Busy)), "{second:?}");
+    // A second fsqlite process (here: a second coordinator, its own descriptors) joins
+    // instead of failing: both write, and the probe still reports a live coordinator.
+    let second = open(&db, options()).unwrap();
+    let t = second.takeover().unwrap();
+    assert!(t.joined && !t.previous_died, "{t:?}");
+    assert!(t.generation > coord.record().unwrap().generation);
+    let ps = common::PAGE_SIZE;
+    let mut page1 = vec![0u8; ps];
+    coord
+        .read_page(&cx, PageNumber::new(1).unwrap(), &mut page1)
+        .unwrap();
+    let size = second.db_size(&cx).unwrap();
+    let f1 = second
+        .commit(&cx, &[(PageNumber::new(1).unwrap(), &page1)], size)
+        .unwrap();
+    let f2 = coord
+        .commit(&cx, &[(PageNumber::new(1).unwrap(), &page1)], size)
+        .unwrap();
+    assert!(f2 > f1, "the first coordinator took up the second's commit");
+    let p = Coordinator::<UnixVfs>::probe(&cx, &vfs, &db, Duration::from_millis(300)).unwrap();
+    assert_eq!(p.result, CoordinatorProbeResult::Active);
+    let joined_generation = second.record().unwrap().generation;
+    second.close(&cx).unwrap();
     coord.close(&cx).unwrap();
 
     let p = Coordinator::<UnixVfs>::probe(&cx, &vfs, &db, Duration::from_millis(300)).unwrap();
@@ -224,7 +245,7 @@ fn probe_reports_active_timeout_and_none() {
     let coord = open(&db, options()).unwrap();
     assert_eq!(
         coord.record().unwrap().generation,
-        2,
+        joined_generation + 1,
         "failed opens take nothing over"
     );
     let t = coord.takeover().unwrap();
