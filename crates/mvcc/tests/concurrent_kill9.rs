@@ -25,16 +25,18 @@
 //! over itself, sees that the previous coordinator died, checkpoints on close, and SQLite
 //! checks the books once more.
 
-use std::io::Write as _;
+mod bank_common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bank_common::{Ack, read_acks};
 use fsqlite_mvcc::{CompatMode, Coordinator, CoordinatorOptions};
-use fsqlite_testkit::bank::{self, BankOptions, Stamp};
+use fsqlite_testkit::bank::{self, BankOptions};
 use fsqlite_testkit::child::{ChildSpec, ack, child_role, spawn_self};
 use fsqlite_testkit::rng::{Rng, replay_hint, seed_from_env};
-use fsqlite_types::{Cx, PageNumber};
+use fsqlite_types::Cx;
 use fsqlite_vfs::UnixVfs;
 
 const TEST_NAME: &str = "kill9_concurrent_bank";
@@ -55,41 +57,6 @@ fn options() -> CoordinatorOptions {
     }
 }
 
-/// An acknowledged transfer, as logged by the child.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Ack {
-    id: u64,
-    from: i64,
-    from_seq: u64,
-    to: i64,
-    to_seq: u64,
-    amount: i64,
-}
-
-fn parse_ack(line: &str) -> Option<Ack> {
-    let mut it = line.strip_prefix("T ")?.split(' ');
-    let mut next = || it.next()?.parse::<u64>().ok();
-    let a = Ack {
-        id: next()?,
-        from: i64::try_from(next()?).ok()?,
-        from_seq: next()?,
-        to: i64::try_from(next()?).ok()?,
-        to_seq: next()?,
-        amount: i64::try_from(next()?).ok()?,
-    };
-    next().is_none().then_some(a)
-}
-
-/// Complete lines of the ack log (the last one may be cut short by the kill).
-fn read_acks(path: &Path) -> Vec<Ack> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
-    complete
-        .lines()
-        .map(|l| parse_ack(l).unwrap_or_else(|| panic!("malformed ack line {l:?}")))
-        .collect()
-}
-
 fn run_child(seed: u64) {
     let db = PathBuf::from(std::env::var(ENV_DB).unwrap());
     let acks = PathBuf::from(std::env::var(ENV_ACKS).unwrap());
@@ -102,75 +69,25 @@ fn run_child(seed: u64) {
         "{}",
         coord.mode_reason()
     );
-    // The page map is fixed: rows never move (see the bank docs); read it from SQLite's file.
-    let root = fsqlite_testkit::sqlite::query_rows(
-        &db,
-        "SELECT rootpage FROM sqlite_schema WHERE name = 'acct'",
-    )
-    .unwrap()[0][0]
-        .parse()
-        .unwrap();
-    let accounts = bank::scan(&db, root).unwrap();
+    let accounts = bank_common::accounts(&db);
     let log = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(&acks)
         .unwrap();
-    let ps = coord.page_size() as usize;
     ack(0, round).unwrap(); // ready
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..THREADS {
             let (coord, accounts, log) = (&coord, &accounts, &log);
             s.spawn(move || {
-                let cx = Cx::new();
                 let mut rng = Rng::new(seed ^ (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                let mut bufs = [vec![0u8; ps], vec![0u8; ps]];
                 for k in 0u64.. {
                     if start.elapsed() > CHILD_LIFETIME {
                         return;
                     }
                     let id = (round << 48) | (t << 40) | k;
-                    let from = rng.range(1, u64::from(ACCOUNTS) + 1) as i64;
-                    let to = (from + rng.range(1, u64::from(ACCOUNTS)) as i64 - 1)
-                        % i64::from(ACCOUNTS)
-                        + 1;
-                    let amount = rng.range(1, 100) as i64;
-                    let pages: [PageNumber; 2] =
-                        [accounts.page(from).unwrap(), accounts.page(to).unwrap()];
-                    loop {
-                        let mut txn = coord.begin_concurrent(&cx).unwrap();
-                        let mut seqs = [0u64; 2];
-                        for (i, buf) in bufs.iter_mut().enumerate() {
-                            txn.read_page(&cx, pages[i], buf).unwrap();
-                            let delta = if i == 0 { -amount } else { amount };
-                            let bal = bank::read_balance(buf).unwrap() + delta;
-                            seqs[i] = bank::read_stamp(buf).unwrap().seq + 1;
-                            bank::write_balance(buf, bal).unwrap();
-                            bank::write_stamp(
-                                buf,
-                                Stamp {
-                                    seq: seqs[i],
-                                    txn: id,
-                                },
-                            )
-                            .unwrap();
-                            txn.write_page(&cx, pages[i], buf).unwrap();
-                        }
-                        let size = txn.db_size();
-                        match txn.commit(&cx, size) {
-                            Ok(_) => {
-                                let line = format!(
-                                    "T {id} {from} {} {to} {} {amount}\n",
-                                    seqs[0], seqs[1]
-                                );
-                                (&*log).write_all(line.as_bytes()).unwrap();
-                                break;
-                            }
-                            Err(e) if e.extended_code() == 517 => {}
-                            Err(e) => panic!("transfer {id}: {e}"),
-                        }
-                    }
+                    bank_common::transfer(coord, accounts, ACCOUNTS, &mut rng, id, log);
                 }
             });
         }
@@ -178,30 +95,7 @@ fn run_child(seed: u64) {
 }
 
 fn check_after_kill(db: &Path, acks: &[Ack], total: i64, ctx: &str) {
-    let books =
-        bank::books(db).unwrap_or_else(|e| panic!("SQLite cannot read the bank: {e}; {ctx}"));
-    books
-        .check(i64::from(ACCOUNTS), total)
-        .unwrap_or_else(|e| panic!("{e}; {ctx}"));
-    let rows = bank::rows(db).unwrap();
-    assert_eq!(rows.len(), ACCOUNTS as usize);
-    let stamp = |id: i64| rows[(id - 1) as usize].stamp;
-    for a in acks {
-        for (acct, seq) in [(a.from, a.from_seq), (a.to, a.to_seq)] {
-            assert!(
-                stamp(acct).covers(seq, a.id),
-                "acknowledged transfer {a:?} lost: account {acct} has {:?}; {ctx}",
-                stamp(acct)
-            );
-        }
-    }
-    // Each transfer bumps two sequence numbers; unacknowledged ones may have landed too.
-    assert!(
-        books.writes >= 2 * acks.len() as i64,
-        "{} sequence bumps for {} acknowledged transfers; {ctx}",
-        books.writes,
-        acks.len()
-    );
+    bank_common::check_books(db, acks, ACCOUNTS, total, ctx);
 }
 
 #[test]
