@@ -8,6 +8,9 @@
 //!          --rows N (1000)  --dir DIR (target/bench-concurrent)  --keep
 //!          --sqlite-autocheckpoint N (0 = off, as ours; SQLite's default is 1000)
 //!          --side ours|sqlite (one side only, for profiling; the ratios are then void)
+//!          --processes 1,2,4 (default 1): each cell also runs with P processes of W
+//!          writer threads each (P x W connections on each side: ours one coordinator
+//!          per process, SQLite one connection per thread, in P processes too)
 //! setup    template.db = fsqlite_testkit::bank::create (real SQLite, WAL mode, 4 KiB
 //!          pages, CREATE TABLE acct(id INTEGER PRIMARY KEY, bal TEXT, pad BLOB), rows
 //!          1..=N, bal = 12 zero-padded digits, pad = 3072 bytes: every row sits alone
@@ -37,7 +40,14 @@
 //! ```
 //!
 //! SQLite's side makes exactly one WAL fsync per commit under FULL (it has no group
-//! commit), none under NORMAL; ours makes one per batch under FULL.
+//! commit), none under NORMAL; ours makes one per batch under FULL (each process its own
+//! batches).
+//!
+//! With P > 1 processes the xtask binary re-runs itself as P workers (hidden subcommand
+//! `__bench-concurrent-worker`), which open the database, wait for a common start time,
+//! run their W threads (thread `t` of worker `i` is writer `i * W + t` of `P * W` for the
+//! row patterns), and print one JSON line of counts and latencies; the wall time is the
+//! slowest worker's.
 //!
 //! The xtask binary's counting allocator (see `bench_vs_sqlite`) is switched off for this
 //! command, so our side does not pay for counters SQLite's `malloc` never touches.
@@ -123,6 +133,8 @@ struct Args {
     sqlite_autocheckpoint: u32,
     /// Run only this side (`--side ours|sqlite`, for profiling); both by default.
     only: Option<&'static str>,
+    /// Process counts per cell (`--processes`).
+    processes: Vec<u32>,
 }
 
 fn list<T>(v: &str, what: &str, f: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
@@ -143,6 +155,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         keep: false,
         sqlite_autocheckpoint: 0,
         only: None,
+        processes: vec![1],
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -203,6 +216,11 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                     v => return Err(format!("--side takes ours, sqlite or both, got {v:?}")),
                 };
             }
+            "--processes" => {
+                out.processes = list(&value()?, "--processes", |x| {
+                    x.parse().ok().filter(|&n: &u32| (1..=64).contains(&n))
+                })?;
+            }
             "--dir" => out.dir = Some(PathBuf::from(value()?)),
             "--keep" => out.keep = true,
             "--sqlite-autocheckpoint" => {
@@ -214,9 +232,12 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             other => return Err(format!("bench-concurrent: unknown argument {other:?}")),
         }
     }
-    if let Some(&w) = out.writers.iter().find(|&&w| w > out.rows) {
+    let most = out.processes.iter().max().copied().unwrap_or(1);
+    if let Some(&w) = out.writers.iter().find(|&&w| w * most > out.rows) {
         return Err(format!(
-            "--writers {w} needs at least {w} rows for the disjoint pattern (--rows {})",
+            "--writers {w} x --processes {most} needs at least {} rows for the disjoint \
+             pattern (--rows {})",
+            w * most,
             out.rows
         ));
     }
@@ -314,9 +335,54 @@ fn utc_now() -> String {
 
 #[derive(Clone, Copy, Debug)]
 struct Cell {
+    /// Writer threads per process.
     writers: u32,
     sync: SyncMode,
     pattern: Pattern,
+    /// Processes (each with `writers` threads).
+    processes: u32,
+}
+
+/// Where a process's threads sit among all writers of a cell.
+#[derive(Clone, Copy, Debug)]
+struct Slice {
+    /// This process's index.
+    index: u32,
+    /// Writers in all processes.
+    total: u32,
+    /// Wall-clock time (ns since the epoch) the threads start at; `None`: at once.
+    start_ns: Option<u128>,
+}
+
+impl Slice {
+    const ALONE: Self = Self {
+        index: 0,
+        total: 0,
+        start_ns: None,
+    };
+
+    /// Global writer index and count of thread `t` of `writers`.
+    fn writer(self, t: u32, writers: u32) -> (u32, u32) {
+        if self.total == 0 {
+            (t, writers)
+        } else {
+            (self.index * writers + t, self.total)
+        }
+    }
+
+    /// Sleeps until the common start.
+    fn wait(self) {
+        if let Some(at) = self.start_ns {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            if at > now {
+                std::thread::sleep(Duration::from_nanos(
+                    u64::try_from(at - now).unwrap_or(u64::MAX),
+                ));
+            }
+        }
+    }
 }
 
 /// What one side measured (summed over rounds).
@@ -363,9 +429,11 @@ type ThreadOut = (u64, u64, Vec<u64>);
 /// time from the barrier to the last thread's end and every thread's output.
 fn run_threads(
     writers: u32,
+    slice: Slice,
     body: impl Fn(u32, &Barrier) -> Result<ThreadOut, String> + Sync,
 ) -> Result<(Duration, Vec<ThreadOut>), String> {
     let barrier = Barrier::new(writers as usize + 1);
+    slice.wait();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..writers)
             .map(|t| {
@@ -402,11 +470,12 @@ fn sqlite_busy(n: i32) -> bool {
     n < 1_000_000
 }
 
-fn run_sqlite(db: &Path, cell: Cell, args: &Args) -> Result<SideResult, String> {
+fn run_sqlite(db: &Path, cell: Cell, args: &Args, slice: Slice) -> Result<SideResult, String> {
     SQLITE_RETRIES.store(0, Ordering::Relaxed);
     let secs = Duration::from_secs_f64(args.secs);
     let sync = sync_name(cell.sync);
-    let (elapsed, outs) = run_threads(cell.writers, |t, barrier| {
+    let (elapsed, outs) = run_threads(cell.writers, slice, |t, barrier| {
+        let (g, total) = slice.writer(t, cell.writers);
         let e = |what: &str, e: rusqlite::Error| format!("SQLite {what} (thread {t}): {e}");
         let conn = Connection::open(db).map_err(|x| e("open", x))?;
         conn.execute_batch(&format!(
@@ -423,7 +492,7 @@ fn run_sqlite(db: &Path, cell: Cell, args: &Args) -> Result<SideResult, String> 
             .prepare("UPDATE acct SET bal=?1 WHERE id=?2")
             .map_err(|x| e("prepare", x))?;
         let mut commit = conn.prepare("COMMIT").map_err(|x| e("prepare", x))?;
-        let mut rng = Rng::new(0x5eed ^ u64::from(t));
+        let mut rng = Rng::new(0x5eed ^ u64::from(g));
         let mut lat = Vec::with_capacity(1 << 16);
         let mut commits = 0u64;
         let mut own_busy = 0u64;
@@ -431,7 +500,7 @@ fn run_sqlite(db: &Path, cell: Cell, args: &Args) -> Result<SideResult, String> 
         let deadline = Instant::now() + secs;
         let mut i = 0u64;
         while Instant::now() < deadline {
-            let id = cell.pattern.row(t, cell.writers, args.rows, i, &mut rng);
+            let id = cell.pattern.row(g, total, args.rows, i, &mut rng);
             i += 1;
             let bal = balance_text(i);
             let t0 = Instant::now();
@@ -478,7 +547,13 @@ fn run_sqlite(db: &Path, cell: Cell, args: &Args) -> Result<SideResult, String> 
     Ok(r)
 }
 
-fn run_ours(db: &Path, accounts: &Accounts, cell: Cell, args: &Args) -> Result<SideResult, String> {
+fn run_ours(
+    db: &Path,
+    accounts: &Accounts,
+    cell: Cell,
+    args: &Args,
+    slice: Slice,
+) -> Result<SideResult, String> {
     let cx = Cx::new();
     let options = CoordinatorOptions {
         sync: cell.sync,
@@ -496,9 +571,10 @@ fn run_ours(db: &Path, accounts: &Accounts, cell: Cell, args: &Args) -> Result<S
         ));
     }
     let secs = Duration::from_secs_f64(args.secs);
-    let run = run_threads(cell.writers, |t, barrier| {
+    let run = run_threads(cell.writers, slice, |t, barrier| {
+        let (g, total) = slice.writer(t, cell.writers);
         let cx = Cx::new();
-        let mut rng = Rng::new(0x5eed ^ u64::from(t));
+        let mut rng = Rng::new(0x5eed ^ u64::from(g));
         let mut buf = vec![0u8; PAGE_SIZE];
         let mut lat = Vec::with_capacity(1 << 16);
         let (mut commits, mut aborts) = (0u64, 0u64);
@@ -506,7 +582,7 @@ fn run_ours(db: &Path, accounts: &Accounts, cell: Cell, args: &Args) -> Result<S
         let deadline = Instant::now() + secs;
         let mut i = 0u64;
         while Instant::now() < deadline {
-            let id = cell.pattern.row(t, cell.writers, args.rows, i, &mut rng);
+            let id = cell.pattern.row(g, total, args.rows, i, &mut rng);
             i += 1;
             let page = accounts
                 .page(i64::from(id))
@@ -560,8 +636,167 @@ fn run_ours(db: &Path, accounts: &Accounts, cell: Cell, args: &Args) -> Result<S
             r.commits, r.aborts
         ));
     }
-    verify_ours(db, accounts.len(), r.commits)?;
+    if slice.total == 0 {
+        verify_ours(db, accounts.len(), r.commits)?;
+    }
     Ok(r)
+}
+
+/// The hidden subcommand a multi-process cell runs in each worker.
+pub const WORKER_COMMAND: &str = "__bench-concurrent-worker";
+
+/// Runs one side of a cell in `cell.processes` worker processes; sums what they report.
+fn run_processes(
+    db: &Path,
+    accounts: &Accounts,
+    cell: Cell,
+    args: &Args,
+    ours: bool,
+) -> Result<SideResult, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    // Late enough for every worker to open the database first.
+    let start_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+        + 400_000_000;
+    let total = cell.processes * cell.writers;
+    let mut children = Vec::new();
+    for index in 0..cell.processes {
+        let child = Command::new(&exe)
+            .arg(WORKER_COMMAND)
+            .args([
+                if ours { "ours" } else { "sqlite" }.to_string(),
+                db.display().to_string(),
+                cell.writers.to_string(),
+                sync_name(cell.sync).to_string(),
+                cell.pattern.name().to_string(),
+                args.rows.to_string(),
+                args.secs.to_string(),
+                args.sqlite_autocheckpoint.to_string(),
+                index.to_string(),
+                total.to_string(),
+                start_ns.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("could not start a worker: {e}"))?;
+        children.push(child);
+    }
+    let mut sum = SideResult::default();
+    let mut slowest = Duration::ZERO;
+    for child in children {
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("a worker: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("a worker failed with {}", out.status));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .ok_or_else(|| format!("a worker printed no result: {text:?}"))?;
+        let v: Value = fsqlite_testkit::serde_json::from_str(line)
+            .map_err(|e| format!("a worker's result {line:?}: {e}"))?;
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        slowest = slowest.max(Duration::from_nanos(n("elapsed_ns")));
+        sum.commits += n("commits");
+        sum.aborts += n("aborts");
+        sum.batches += n("batches");
+        sum.wal_syncs += n("wal_syncs");
+        if let Some(l) = v["latencies_ns"].as_array() {
+            sum.latencies.extend(l.iter().filter_map(Value::as_u64));
+        }
+    }
+    sum.elapsed = slowest;
+    if ours {
+        verify_ours(db, accounts.len(), sum.commits)?;
+    }
+    Ok(sum)
+}
+
+/// `__bench-concurrent-worker SIDE DB THREADS SYNC PATTERN ROWS SECS AUTOCKPT INDEX TOTAL
+/// START_NS`: one process of a multi-process cell; prints one JSON line.
+pub fn worker(argv: &[String]) -> Result<(), String> {
+    let [
+        side,
+        db,
+        threads,
+        sync,
+        pattern,
+        rows,
+        secs,
+        ckpt,
+        index,
+        total,
+        start,
+    ] = argv
+    else {
+        return Err(format!(
+            "{WORKER_COMMAND}: expected 11 arguments, got {argv:?}"
+        ));
+    };
+    let num = |v: &str, what: &str| -> Result<u64, String> {
+        v.parse()
+            .map_err(|_| format!("{WORKER_COMMAND}: {what} {v:?}"))
+    };
+    let sync = match sync.as_str() {
+        "FULL" => SyncMode::Full,
+        "NORMAL" => SyncMode::Normal,
+        other => return Err(format!("{WORKER_COMMAND}: sync {other:?}")),
+    };
+    let pattern = Pattern::ALL
+        .into_iter()
+        .find(|p| p.name() == pattern)
+        .ok_or_else(|| format!("{WORKER_COMMAND}: pattern {pattern:?}"))?;
+    let cell = Cell {
+        writers: u32::try_from(num(threads, "threads")?).map_err(|e| e.to_string())?,
+        sync,
+        pattern,
+        processes: 1,
+    };
+    let args = Args {
+        secs: secs
+            .parse()
+            .map_err(|_| format!("{WORKER_COMMAND}: secs {secs:?}"))?,
+        rows: u32::try_from(num(rows, "rows")?).map_err(|e| e.to_string())?,
+        sqlite_autocheckpoint: u32::try_from(num(ckpt, "autocheckpoint")?)
+            .map_err(|e| e.to_string())?,
+        ..parse_args(&[])?
+    };
+    let slice = Slice {
+        index: u32::try_from(num(index, "index")?).map_err(|e| e.to_string())?,
+        total: u32::try_from(num(total, "total")?).map_err(|e| e.to_string())?,
+        start_ns: Some(u128::from(num(start, "start")?)),
+    };
+    let db = PathBuf::from(db);
+    crate::bench_vs_sqlite::stop_counting_heap();
+    let r = if side == "ours" {
+        let root = fsqlite_testkit::sqlite::query_rows(
+            &db,
+            "SELECT rootpage FROM sqlite_schema WHERE name = 'acct'",
+        )
+        .map_err(|e| e.to_string())?[0][0]
+            .parse()
+            .map_err(|e| format!("root page: {e}"))?;
+        let accounts = bank::scan(&db, root).map_err(|e| e.to_string())?;
+        run_ours(&db, &accounts, cell, &args, slice)?
+    } else {
+        run_sqlite(&db, cell, &args, slice)?
+    };
+    println!(
+        "{}",
+        json!({
+            "commits": r.commits,
+            "aborts": r.aborts,
+            "batches": r.batches,
+            "wal_syncs": r.wal_syncs,
+            "elapsed_ns": r.elapsed.as_nanos() as u64,
+            "latencies_ns": r.latencies,
+        })
+    );
+    Ok(())
 }
 
 /// SQLite reads what we committed: every balance started at 0 and each commit added 1,
@@ -626,7 +861,8 @@ impl Row {
     fn markdown(&self) -> String {
         let (o, s) = (&self.ours, &self.sqlite);
         format!(
-            "| {} | {} | {} | {} | {} | **{:.2}×** | {} / {} | {} / {} | {} | {:.1} % | {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | **{:.2}×** | {} / {} | {} / {} | {} | {:.1} % | {:.2} |",
+            self.cell.processes,
             self.cell.writers,
             sync_name(self.cell.sync),
             self.cell.pattern.name(),
@@ -657,6 +893,7 @@ impl Row {
             })
         };
         json!({
+            "processes": self.cell.processes,
             "writers": self.cell.writers,
             "sync": sync_name(self.cell.sync),
             "pattern": self.cell.pattern.name(),
@@ -668,7 +905,7 @@ impl Row {
     }
 }
 
-const TABLE_HEAD: &str = "| writers | sync | pattern | ours commits/s | SQLite commits/s | ours ÷ SQLite | ours p50 / p99 µs | SQLite p50 / p99 µs | ours commits per fsync | ours abort rate | SQLite busy retries per commit |\n|---|---|---|---|---|---|---|---|---|---|---|";
+const TABLE_HEAD: &str = "| processes | writers each | sync | pattern | ours commits/s | SQLite commits/s | ours ÷ SQLite | ours p50 / p99 µs | SQLite p50 / p99 µs | ours commits per fsync | ours abort rate | SQLite busy retries per commit |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 // ---------------------------------------------------------------------------------------
 // Entry
@@ -746,14 +983,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let template = bank.path.clone();
     let db = dir.join("bench.db");
     let mut cells = Vec::new();
-    for &sync in &parsed.syncs {
-        for &pattern in &parsed.patterns {
-            for &writers in &parsed.writers {
-                cells.push(Cell {
-                    writers,
-                    sync,
-                    pattern,
-                });
+    for &processes in &parsed.processes {
+        for &sync in &parsed.syncs {
+            for &pattern in &parsed.patterns {
+                for &writers in &parsed.writers {
+                    cells.push(Cell {
+                        writers,
+                        sync,
+                        pattern,
+                        processes,
+                    });
+                }
             }
         }
     }
@@ -783,10 +1023,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     continue;
                 }
                 fresh_copy(&template, &db)?;
-                if is_ours {
-                    ours.add(run_ours(&db, &bank.accounts, cell, &parsed)?);
+                if cell.processes > 1 {
+                    let r = run_processes(&db, &bank.accounts, cell, &parsed, is_ours)?;
+                    if is_ours {
+                        ours.add(r);
+                    } else {
+                        sqlite.add(r);
+                    }
+                } else if is_ours {
+                    ours.add(run_ours(&db, &bank.accounts, cell, &parsed, Slice::ALONE)?);
                 } else {
-                    sqlite.add(run_sqlite(&db, cell, &parsed)?);
+                    sqlite.add(run_sqlite(&db, cell, &parsed, Slice::ALONE)?);
                 }
                 remove_db(&db);
             }
@@ -795,10 +1042,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
         sqlite.latencies.sort_unstable();
         let row = Row { cell, ours, sqlite };
         eprintln!(
-            "[{}/{}] {} writers {} {}: ours {}/s, SQLite {}/s, {:.2}×, ours per fsync {}, \
+            "[{}/{}] {} x {} writers {} {}: ours {}/s, SQLite {}/s, {:.2}×, ours per fsync {}, \
              abort {:.1} %",
             k + 1,
             cells.len(),
+            cell.processes,
             cell.writers,
             sync_name(cell.sync),
             cell.pattern.name(),

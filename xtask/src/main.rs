@@ -5,7 +5,7 @@
 //! | `ci` | exactly what `.ci/run` runs: fmt check, clippy, the workspace tests, rustdoc `-D warnings`, `cargo package` of the library crates, loom smoke |
 //! | `loom [--bound N]` | the loom models (release, `--cfg loom`, bounded preemptions) |
 //! | `bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep]` | recovery and TRUNCATE checkpoint side by side with SQLite on identical WAL copies (release; see `xtask/src/bench_vs_sqlite.rs` and `docs/BENCHMARKS.md`) |
-//! | `bench-concurrent [--secs S] [--quick] [--writers 1,8] [--sync full,normal] [--pattern disjoint,random,hot] [--rows N] [--rounds N] [--dir DIR] [--keep] [--sqlite-autocheckpoint N] [--side ours|sqlite]` | `BEGIN CONCURRENT` writers side by side with SQLite, one connection per thread (release; see `xtask/src/bench_concurrent.rs` and `docs/BENCHMARKS.md`) |
+//! | `bench-concurrent [--secs S] [--quick] [--writers 1,8] [--sync full,normal] [--pattern disjoint,random,hot] [--rows N] [--rounds N] [--dir DIR] [--keep] [--sqlite-autocheckpoint N] [--side ours|sqlite] [--processes 1,2,4]` | `BEGIN CONCURRENT` writers side by side with SQLite, one connection per thread (release; see `xtask/src/bench_concurrent.rs` and `docs/BENCHMARKS.md`) |
 //! | `kill9 [--budget-secs N] [--seed S] [--keep-going]` | the multi-process kill -9 soak (release) until the budget ends; writes `target/test-stats/kill9.json` (see [`kill9`]) |
 //! | `reliability [--budget-secs N] [--seed S]`, `crash-sim`, `io-fault`, `diff-case`, `fuzz [--budget-secs N]` | the reliability suite and its replays (see [`reliability`]) |
 //!
@@ -99,7 +99,7 @@ fn ci() -> Result<(), String> {
 }
 
 fn usage() -> String {
-    "usage: cargo xtask <ci | loom [--bound N] | bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep] | bench-concurrent [--secs S] [--quick] [--writers 1,8] [--sync full,normal] [--pattern disjoint,random,hot] [--rows N] [--rounds N] [--dir DIR] [--keep] [--sqlite-autocheckpoint N] [--side ours|sqlite] | kill9 [--budget-secs N] [--seed S] | reliability [--budget-secs N] [--seed S] | crash-sim --seed S --workload W --case K | io-fault ... | diff-case --seed S --case C | fuzz [--budget-secs N]>"
+    "usage: cargo xtask <ci | loom [--bound N] | bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep] | bench-concurrent [--secs S] [--quick] [--writers 1,8] [--sync full,normal] [--pattern disjoint,random,hot] [--rows N] [--rounds N] [--dir DIR] [--keep] [--sqlite-autocheckpoint N] [--side ours|sqlite] [--processes 1,2,4] | kill9 [--budget-secs N] [--seed S] | reliability [--budget-secs N] [--seed S] | crash-sim --seed S --workload W --case K | io-fault ... | diff-case --seed S --case C | fuzz [--budget-secs N]>"
         .to_string()
 }
 
@@ -132,6 +132,7 @@ fn main() -> ExitCode {
             reliability::passthrough(sub, &args[1..])
         }
         Some(bench_vs_sqlite::CHILD_COMMAND) => bench_vs_sqlite::child(&args[1..]),
+        Some(bench_concurrent::WORKER_COMMAND) => bench_concurrent::worker(&args[1..]),
         _ => Err(usage()),
     };
     match result {

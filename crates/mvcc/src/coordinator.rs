@@ -1,7 +1,9 @@
 //! The hybrid-mode coordinator: [`Coordinator`] opens a database, picks the
-//! [`CompatMode`], probes for a running coordinator, recovers from a dead one, commits
-//! pages so that legacy SQLite readers see every commit, and keeps legacy SQLite writers
-//! out for its whole life.
+//! [`CompatMode`], joins the other fsqlite processes that have it open (or, as the first,
+//! recovers from a dead predecessor and takes over), commits pages so that legacy SQLite
+//! readers see every commit, and keeps legacy SQLite writers out or admits them
+//! ([`LegacyWriters`]). docs/design.md ("Concurrent writers across processes") has the
+//! protocol and its crash cases.
 //!
 //! ```text
 //! open     db file, SHARED lock (held for life)
@@ -10,31 +12,40 @@
 //!                protocol, WAL_WRITE_LOCK per transaction), or, when the -shm itself is
 //!                unusable, a Wal over HeapShmVfs (heap WAL-index, database EXCLUSIVE);
 //!                one info line says which, and why
-//! probe    wait up to probe_timeout for WAL_WRITE_LOCK (exclusive) on the legacy -shm;
+//! member   SHARED on <db>.fsqlite-shm for life; EXCLUSIVE granted -> first, else join
+//! probe    (first) wait up to probe_timeout for WAL_WRITE_LOCK (exclusive) on the -shm;
 //!          got it                                  -> NoCoordinator (we keep the lock)
 //!          busy, record names a live process       -> Active   (open fails with Busy)
-//!          busy past the timeout, nobody alive     -> Timeout  (open fails with Busy)
-//! takeover (holding WAL_WRITE_LOCK, from now on until close)
+//!          busy past the timeout, nobody alive     -> Timeout  (open fails with Busy:
+//!                                                     a legacy writer holds it)
+//! takeover (first, holding WAL_WRITE_LOCK)
 //!          plan := RecoveryPlan::inspect_shm(the real -shm)
 //!          if plan.needs_recovery(): under the in-process RecoveryFence and the
 //!              CKPT + RECOVER locks: rebuild the index from the WAL's valid prefix,
 //!              or clear stale read marks / reset broken backfill counters
-//!          record := {active, our pid + start time, generation + 1}
-//! commit   [restart the WAL if a checkpointer backfilled everything and no reader
+//!          record := {active, our pid + start time, generation + 1, LegacyWriters}
+//!          then WAL_WRITE_LOCK: shared for life (Excluded) or released (Admitted)
+//! join     same LegacyWriters as the record (else CannotOpen); WAL_WRITE_LOCK shared
+//!          (Excluded); one serial section adopting the live -shm header
+//! commit   (per group-commit batch) serial section: RESERVED on <db>.fsqlite-shm
+//!          (Excluded) or WAL_WRITE_LOCK exclusive (Admitted) -> take up other writers'
+//!          commits from the live -shm (rebuild a torn header) -> validate ->
+//!          [restart the WAL if a checkpointer backfilled everything and no reader
 //!          uses it] -> append frames (checksums chained) -> (kill: before_wal_sync)
 //!          -> fsync per SyncMode -> (after_wal_sync) -> legacy hash tables
 //!          -> (after_hash) -> HybridShmState::update_legacy_shm -> publish copy B,
-//!          (mid_publish), barrier, copy A -> (after_publish) -> return
-//! close    record := closed -> release WAL_WRITE_LOCK and the -shm -> if asked, a
-//!          fsqlite_wal::Wal connection checkpoints and, when it is the last user,
-//!          removes -wal and -shm (as SQLite's last connection does)
+//!          (mid_publish), barrier, copy A -> (after_publish) -> leave -> return
+//! close    record := closed (when last) -> release the locks and the -shm -> if
+//!          asked, a fsqlite_wal::Wal connection checkpoints and, when it is the last
+//!          user, removes -wal and -shm (as SQLite's last connection does)
 //! ```
 //!
 //! # Why the coordinator does not use `fsqlite_wal::Wal` in hybrid mode
 //!
-//! `Wal` takes `WAL_WRITE_LOCK` per write transaction and releases it at commit. The
-//! coordinator must hold it for life, and with open-file-description locks a second handle
-//! holding it would also block the coordinator's own `Wal`. So the commit path is built
+//! `Wal` takes `WAL_WRITE_LOCK` per write transaction and releases it at commit. A
+//! coordinator holds it shared for life (Excluded) and serializes its batches with another
+//! lock, and with open-file-description locks a second handle holding it would also block
+//! the coordinator's own `Wal`. So the commit path is built
 //! from `fsqlite-wal`'s pieces ([`WalFile`] append and sync, [`WalIndex`] hash tables,
 //! [`publish_header`]) on the one database handle that holds the lock.
 //!
@@ -42,9 +53,10 @@
 //!
 //! A commit is acknowledged (returns `Ok`) only after its frames are synced (per
 //! [`SyncMode`]), indexed and published. A kill at any earlier point leaves either the old
-//! published header (the frames past it are overwritten by the next coordinator, or found
-//! by a rebuild when no legacy reader kept the `-shm` alive) or torn header copies (the
-//! next coordinator, or a legacy SQLite reader, rebuilds the index from the WAL). Either
+//! published header (the frames past it are overwritten by the next writer, or found by a
+//! rebuild when nobody kept the `-shm` alive) or torn header copies (the next writer's
+//! serial section, or a legacy SQLite reader when no member is left, rebuilds the index
+//! from the WAL). Either
 //! way nothing acknowledged is lost; the unacknowledged commit may or may not survive.
 //!
 //! # Kill points (tests)

@@ -4,13 +4,15 @@
 //! (ARCHITECTURE.md, "fsqlite-mvcc"): pick the operating mode when a database is opened;
 //! run many `BEGIN CONCURRENT` transactions at once ([`Coordinator::begin_concurrent`],
 //! [`ConcurrentTxn`]: snapshot reads from the WAL, private write sets, validation at
-//! commit, group commit); keep SQLite's `-shm` current on every commit so SQLite readers
-//! see our commits; hold `WAL_WRITE_LOCK` so SQLite writers get `SQLITE_BUSY`; and probe
-//! for and recover from a dead coordinator.
+//! commit, group commit), in one process or in many at once on the same database; keep
+//! SQLite's `-shm` current on every commit so SQLite readers see our commits; keep stock
+//! SQLite writers out with `SQLITE_BUSY` or admit them as one more serialized writer
+//! ([`LegacyWriters`]); and recover from a dead process.
 //!
 //! It sits on [`fsqlite_wal`] (the WAL file, the WAL-index, recovery), which sits on
 //! `fsqlite-vfs` (files, locks, shared memory). A database engine opens one
-//! [`Coordinator`] per database and process and shares it by reference between threads.
+//! [`Coordinator`] per database and process and shares it by reference between threads;
+//! other processes open their own, and all of them write concurrently.
 //!
 //! | module | what it owns |
 //! |---|---|
