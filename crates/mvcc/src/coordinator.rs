@@ -974,47 +974,18 @@ impl<V: Vfs> Hybrid<V> {
             }
         }
         // From here on we hold WAL_WRITE_LOCK; dropping `db` on an error releases it.
-        let wal_path = sibling(db_path, "-wal");
-        let shm_path = sibling(db_path, "-shm");
-        let (wal_file, _) = vfs.open(
-            cx,
-            Some(&wal_path),
-            VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE | VfsOpenFlags::WAL,
-        )?;
-        // The coordinator places every sync itself (see commit), so the WalFile never syncs.
-        let wal = WalFile::attach(wal_file, Some(wal_path.clone())).with_sync_mode(SyncMode::Off);
-        let mut state = HybridShmState::new(WalIndexHdr::default(), WalCkptInfo::default());
-        state.mark_write_lock_held(Instant::now());
         let previous = probe.record;
-        let generation = previous.map_or(0, |r| r.generation).wrapping_add(1);
-        let mut this = Self {
+        let mut this = Self::assemble(
+            cx,
             vfs,
-            db_path: db_path.to_path_buf(),
-            db,
-            wal,
-            wal_path,
-            shm_path,
-            record_file,
-            index: WalIndex::new(),
-            state,
+            db_path,
+            (db, record_file),
             page_size,
             options,
-            record: CoordinatorRecord::for_this_process(generation),
-            takeover: Takeover {
-                previous,
-                previous_died: previous.is_some_and(|r| r.state == RecordState::Active),
-                plan: RecoveryPlan::default(),
-                defect: None,
-                stale_marks: Vec::new(),
-                rebuilt: false,
-                mx_frame: 0,
-                generation,
-                joined: false,
-            },
-            commits: 0,
-            latched: None,
-            batch_held: false,
-        };
+            previous,
+            false,
+        )?;
+        this.state.mark_write_lock_held(Instant::now());
         this.take_over(cx)?;
         // The lock of the serial section: kept shared for life (Excluded), or let go and
         // taken per batch (Admitted).
@@ -1039,6 +1010,63 @@ impl<V: Vfs> Hybrid<V> {
         }
         this.record_file.unlock(cx, LockLevel::Shared)?;
         Ok(this)
+    }
+
+    /// The state of a member before its takeover or join: the WAL file opened (the
+    /// coordinator places every sync itself, so the `WalFile` never syncs), an empty
+    /// legacy-`-shm` copy, the record of this process one generation past `previous`.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the two callers (take over, join) pass what open received"
+    )]
+    fn assemble(
+        cx: &Cx,
+        vfs: Arc<V>,
+        db_path: &Path,
+        (db, record_file): (V::File, V::File),
+        page_size: PageSize,
+        options: CoordinatorOptions,
+        previous: Option<CoordinatorRecord>,
+        joined: bool,
+    ) -> Result<Self> {
+        let generation = previous.map_or(0, |r| r.generation).wrapping_add(1);
+        let wal_path = sibling(db_path, "-wal");
+        let shm_path = sibling(db_path, "-shm");
+        let (wal_file, _) = vfs.open(
+            cx,
+            Some(&wal_path),
+            VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE | VfsOpenFlags::WAL,
+        )?;
+        let wal = WalFile::attach(wal_file, Some(wal_path.clone())).with_sync_mode(SyncMode::Off);
+        Ok(Self {
+            vfs,
+            db_path: db_path.to_path_buf(),
+            db,
+            wal,
+            wal_path,
+            shm_path,
+            record_file,
+            index: WalIndex::new(),
+            state: HybridShmState::new(WalIndexHdr::default(), WalCkptInfo::default()),
+            page_size,
+            options,
+            record: CoordinatorRecord::for_this_process(generation),
+            takeover: Takeover {
+                previous,
+                // A member that takes over over an "active" record: its writer died.
+                previous_died: !joined && previous.is_some_and(|r| r.state == RecordState::Active),
+                plan: RecoveryPlan::default(),
+                defect: None,
+                stale_marks: Vec::new(),
+                rebuilt: false,
+                mx_frame: 0,
+                generation,
+                joined,
+            },
+            commits: 0,
+            latched: None,
+            batch_held: false,
+        })
     }
 
     /// Joins the fsqlite processes that have the database open: same setting, the
@@ -1079,47 +1107,19 @@ impl<V: Vfs> Hybrid<V> {
             }
         }
         let previous = read_record(cx, &record_file)?.ok();
-        let generation = previous.map_or(0, |r| r.generation).wrapping_add(1);
-        let wal_path = sibling(db_path, "-wal");
-        let shm_path = sibling(db_path, "-shm");
-        let (wal_file, _) = vfs.open(
+        let mut this = Self::assemble(
             cx,
-            Some(&wal_path),
-            VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE | VfsOpenFlags::WAL,
-        )?;
-        let wal = WalFile::attach(wal_file, Some(wal_path.clone())).with_sync_mode(SyncMode::Off);
-        let mut state = HybridShmState::new(WalIndexHdr::default(), WalCkptInfo::default());
-        if options.legacy_writers == LegacyWriters::Excluded {
-            state.mark_write_lock_held(Instant::now());
-        }
-        let mut this = Self {
             vfs,
-            db_path: db_path.to_path_buf(),
-            db,
-            wal,
-            wal_path,
-            shm_path,
-            record_file,
-            index: WalIndex::new(),
-            state,
+            db_path,
+            (db, record_file),
             page_size,
             options,
-            record: CoordinatorRecord::for_this_process(generation),
-            takeover: Takeover {
-                previous,
-                previous_died: false,
-                plan: RecoveryPlan::default(),
-                defect: None,
-                stale_marks: Vec::new(),
-                rebuilt: false,
-                mx_frame: 0,
-                generation,
-                joined: true,
-            },
-            commits: 0,
-            latched: None,
-            batch_held: false,
-        };
+            previous,
+            true,
+        )?;
+        if this.options.legacy_writers == LegacyWriters::Excluded {
+            this.state.mark_write_lock_held(Instant::now());
+        }
         let patience = Patience::timeout(this.options.probe_timeout);
         this.lock_batch(cx, &patience)?;
         let r = this.join_locked(cx);

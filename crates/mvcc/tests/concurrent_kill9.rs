@@ -76,22 +76,16 @@ fn run_child(seed: u64) {
         .open(&acks)
         .unwrap();
     ack(0, round).unwrap(); // ready
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..THREADS {
-            let (coord, accounts, log) = (&coord, &accounts, &log);
-            s.spawn(move || {
-                let mut rng = Rng::new(seed ^ (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                for k in 0u64.. {
-                    if start.elapsed() > CHILD_LIFETIME {
-                        return;
-                    }
-                    let id = (round << 48) | (t << 40) | k;
-                    bank_common::transfer(coord, accounts, ACCOUNTS, &mut rng, id, log);
-                }
-            });
-        }
-    });
+    bank_common::transfer_threads(
+        &coord,
+        &accounts,
+        ACCOUNTS,
+        THREADS,
+        seed,
+        round,
+        CHILD_LIFETIME,
+        &log,
+    );
 }
 
 fn check_after_kill(db: &Path, acks: &[Ack], total: i64, ctx: &str) {

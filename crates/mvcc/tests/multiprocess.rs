@@ -85,22 +85,9 @@ fn run_member(seed: u64) {
         .open(&acks)
         .unwrap();
     ack(0, u64::from(coord.takeover().is_some_and(|t| t.joined))).unwrap(); // ready
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let (coord, accounts, log) = (&coord, &accounts, &log);
-            s.spawn(move || {
-                let mut rng = Rng::new(seed ^ (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                for k in 0u64.. {
-                    if start.elapsed() > life {
-                        return;
-                    }
-                    let id = (member << 48) | (t << 40) | k;
-                    bank_common::transfer(coord, accounts, n_accounts, &mut rng, id, log);
-                }
-            });
-        }
-    });
+    bank_common::transfer_threads(
+        &coord, &accounts, n_accounts, threads, seed, member, life, &log,
+    );
     let st = coord.stats();
     eprintln!("member {member}: {st:?}");
     ack(1, st.commits).unwrap();
@@ -419,20 +406,9 @@ fn kill9_random_members_while_the_others_write() {
     let mut rng = Rng::new(seed);
     let mut next_member = 0u64;
     let mut live: Vec<(u64, ChildHandle)> = Vec::new();
+    let spawn = |id: u64| spawn_member(test, &s, id, "excluded", 3, 40_000, s.accounts, seed);
     for _ in 0..3 {
-        live.push((
-            next_member,
-            spawn_member(
-                test,
-                &s,
-                next_member,
-                "excluded",
-                3,
-                40_000,
-                s.accounts,
-                seed,
-            ),
-        ));
+        live.push((next_member, spawn(next_member)));
         next_member += 1;
     }
     let rounds = 6;
@@ -452,6 +428,14 @@ fn kill9_random_members_while_the_others_write() {
             "member {id}: {}",
             child.stderr()
         );
+        // The survivors still keep stock SQLite writers out: no window after a kill.
+        let w = rusqlite::Connection::open(&s.db).unwrap();
+        let r = w.execute("UPDATE acct SET bal = bal WHERE id = 1", []);
+        assert!(
+            matches!(&r, Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DatabaseBusy),
+            "a stock SQLite writer got in after member {id} died: {r:?}"
+        );
+        drop(w);
         let acks = all_acks(&s, next_member);
         check_books_retrying(
             &s,
@@ -463,19 +447,7 @@ fn kill9_random_members_while_the_others_write() {
             "round {round}: killed member {id}; {} transfers acknowledged so far, all present",
             acks.len()
         );
-        live.push((
-            next_member,
-            spawn_member(
-                test,
-                &s,
-                next_member,
-                "excluded",
-                3,
-                40_000,
-                s.accounts,
-                seed,
-            ),
-        ));
+        live.push((next_member, spawn(next_member)));
         next_member += 1;
     }
     for (_, mut child) in live.drain(..) {

@@ -117,6 +117,39 @@ pub fn transfer<V: Vfs>(
     }
 }
 
+/// `threads` threads, each running random transfers (ids `tag << 48 | thread << 40 | k`)
+/// until `life` has passed since the call.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a test helper; each caller passes its own workload"
+)]
+pub fn transfer_threads<V: Vfs>(
+    coord: &Coordinator<V>,
+    accounts: &Accounts,
+    n_accounts: u32,
+    threads: u64,
+    seed: u64,
+    tag: u64,
+    life: std::time::Duration,
+    log: &std::fs::File,
+) {
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                let mut rng = Rng::new(seed ^ (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                for k in 0u64.. {
+                    if start.elapsed() > life {
+                        return;
+                    }
+                    let id = (tag << 48) | (t << 40) | k;
+                    transfer(coord, accounts, n_accounts, &mut rng, id, log);
+                }
+            });
+        }
+    });
+}
+
 /// Stock SQLite's verdict on `db`: integrity ok, the books balanced, every acknowledged
 /// transfer present (each of its accounts holds the version it wrote or a later one).
 pub fn check_books(db: &Path, acks: &[Ack], n_accounts: u32, total: i64, ctx: &str) {
