@@ -1128,15 +1128,20 @@ impl<V: Vfs> Hybrid<V> {
         Ok(this)
     }
 
-    fn join_locked(&mut self, cx: &Cx) -> Result<()> {
-        // A brand-new state: whatever the live header is, it differs from it.
-        self.refresh(cx)?;
-        self.takeover.mx_frame = self.state.legacy_hdr().mx_frame;
+    /// Writes this member's record and the setting of the processes on the database.
+    fn write_record(&mut self, cx: &Cx) -> Result<()> {
         self.record_file.write(
             cx,
             &record_bytes(&self.record, self.options.legacy_writers),
             0,
-        )?;
+        )
+    }
+
+    fn join_locked(&mut self, cx: &Cx) -> Result<()> {
+        // A brand-new state: whatever the live header is, it differs from it.
+        self.refresh(cx)?;
+        self.takeover.mx_frame = self.state.legacy_hdr().mx_frame;
+        self.write_record(cx)?;
         tracing::info!(
             target: TRACE,
             db = %self.db_path.display(),
@@ -1239,11 +1244,7 @@ impl<V: Vfs> Hybrid<V> {
         state.mark_write_lock_held(Instant::now());
         self.state = state;
         self.takeover.mx_frame = hdr.mx_frame;
-        self.record_file.write(
-            cx,
-            &record_bytes(&self.record, self.options.legacy_writers),
-            0,
-        )?;
+        self.write_record(cx)?;
         tracing::info!(
             target: TRACE,
             db = %self.db_path.display(),
