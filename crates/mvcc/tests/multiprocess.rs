@@ -430,6 +430,7 @@ fn kill9_random_members_while_the_others_write() {
         );
         // The survivors still keep stock SQLite writers out: no window after a kill.
         let w = rusqlite::Connection::open(&s.db).unwrap();
+        w.busy_timeout(Duration::ZERO).unwrap();
         let r = w.execute("UPDATE acct SET bal = bal WHERE id = 1", []);
         assert!(
             matches!(&r, Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DatabaseBusy),
