@@ -19,6 +19,13 @@
 //! (`Wal::set_locking_mode`: the database file's EXCLUSIVE lock, no `-shm` lock calls),
 //! reported as `locking=normal|exclusive` and `wal` / `wal_exclusive`.
 //!
+//! A third side measures the floor SQLite's locking protocol puts under a normal-mode
+//! commit: the same raw `pwrite` plus exactly the four `-shm` lock calls our normal-mode
+//! commit makes on a `UnixVfs` handle (claim a read-mark slot exclusively, downgrade it to
+//! shared, take `WAL_WRITE_LOCK`, release both in one call), and nothing else. Printed as
+//! `floor / raw pwrite` beside `ours / raw pwrite`: no normal-mode commit that keeps the
+//! protocol can be cheaper than the floor.
+//!
 //! `cargo bench -p fsqlite-wal --bench commit -- --warm-up-time 1 --measurement-time 3`
 //! (`COMMIT_BENCH_FULL=0` skips the slow `Full` mode.)
 
@@ -30,8 +37,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use fsqlite_types::{Cx, PageNumber};
-use fsqlite_vfs::UnixVfs;
+use fsqlite_types::{Cx, PageNumber, VfsOpenFlags};
+use fsqlite_vfs::{SHM_EXCLUSIVE, SHM_LOCK, UnixVfs, Vfs, VfsFile, WAL_WRITE_LOCK, wal_read_lock};
 use fsqlite_wal::{CheckpointMode, LockingMode, SyncMode, Wal, WalOptions};
 
 const PAGE_SIZE: usize = 4096;
@@ -206,10 +213,68 @@ impl Committer for Raw {
     }
 }
 
+/// The protocol floor: the raw `pwrite` plus the four `-shm` lock calls of a normal-mode
+/// commit (see the module docs).
+struct Floor {
+    raw: Raw,
+    cx: Cx,
+    db: <UnixVfs as Vfs>::File,
+}
+
+impl Floor {
+    fn new(dir: &Path, sync: SyncMode, per_commit: usize) -> Self {
+        let cx = Cx::new();
+        let vfs = UnixVfs::new();
+        let flags = VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE | VfsOpenFlags::MAIN_DB;
+        let (mut db, _) = vfs
+            .open(&cx, Some(&dir.join("floor.db")), flags)
+            .expect("open the floor database");
+        db.shm_map(&cx, 0, 32768, true).expect("map the -shm");
+        let mut raw = Raw::new(dir, sync, per_commit);
+        raw.file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("floor.db-wal"))
+            .expect("create the floor WAL");
+        Self { raw, cx, db }
+    }
+
+    fn locks(&mut self) {
+        let (cx, db) = (&self.cx, &mut self.db);
+        db.shm_lock(cx, wal_read_lock(1), 1, SHM_LOCK | SHM_EXCLUSIVE)
+            .expect("claim a read mark");
+        db.shm_downgrade(cx, wal_read_lock(1))
+            .expect("downgrade the read mark");
+        db.shm_lock(cx, WAL_WRITE_LOCK, 1, SHM_LOCK | SHM_EXCLUSIVE)
+            .expect("WAL_WRITE_LOCK");
+        db.shm_unlock_slots(cx, 1 << WAL_WRITE_LOCK, 1 << wal_read_lock(1))
+            .expect("release both");
+    }
+}
+
+impl Committer for Floor {
+    fn run(&mut self, n: u64) -> Duration {
+        let mut total = Duration::ZERO;
+        for _ in 0..n {
+            if self.raw.done > 0 && self.raw.done.is_multiple_of(COMMITS_PER_GENERATION) {
+                self.raw.file.set_len(0).expect("truncate");
+            }
+            let t = Instant::now();
+            self.locks();
+            self.raw.commit_one();
+            total += t.elapsed();
+            self.raw.done += 1;
+        }
+        total
+    }
+}
+
 /// Median (p10, p90) of ours / raw over 21 alternating rounds of `n` commits each.
 fn interleaved_ratio(
-    ours: &mut Ours,
-    raw: &mut Raw,
+    ours: &mut dyn Committer,
+    raw: &mut dyn Committer,
     n: u64,
 ) -> (f64, f64, f64, Duration, Duration) {
     ours.run(n / 4);
@@ -252,7 +317,13 @@ fn commit_path(c: &mut Criterion) {
             let mut excl = Ours::new(dir.path(), sync, per_commit, LockingMode::Exclusive);
             let mut raw = Raw::new(dir.path(), sync, per_commit);
             let rounds = if sync == SyncMode::Full { 20 } else { 500 };
-            for (label, side) in [("normal", &mut ours), ("exclusive", &mut excl)] {
+            let mut floor = Floor::new(dir.path(), sync, per_commit);
+            let sides: [(&str, &mut dyn Committer); 3] = [
+                ("normal", &mut ours),
+                ("exclusive", &mut excl),
+                ("protocol-floor", &mut floor),
+            ];
+            for (label, side) in sides {
                 let (med, p10, p90, o, r) = interleaved_ratio(side, &mut raw, rounds);
                 eprintln!(
                     "ratio commit sync={} pages={per_commit} locking={label}: ours / raw pwrite \
