@@ -658,6 +658,30 @@ impl<V: Vfs> Wal<V> {
     /// `limit` bytes, or to the end of its own frames if they reach further; `None` (the
     /// default, SQLite's -1) leaves the file at its largest size. A TRUNCATE checkpoint
     /// truncates to 0 regardless.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use fsqlite_types::{Cx, PageNumber, VfsOpenFlags};
+    /// use fsqlite_vfs::{MemoryVfs, Vfs, VfsFile};
+    /// use fsqlite_wal::{CheckpointMode, Wal, WalOptions};
+    ///
+    /// let cx = Cx::new();
+    /// let vfs = Arc::new(MemoryVfs::new());
+    /// let opts = WalOptions { auto_checkpoint: None, ..WalOptions::default() };
+    /// let mut wal = Wal::open(&cx, Arc::clone(&vfs), "/j.db", opts).unwrap();
+    /// wal.set_journal_size_limit(Some(0));
+    /// let mut tx = wal.begin_write(&cx).unwrap(); // a big transaction: 64 frames
+    /// for p in 1..=64 {
+    ///     tx.write_page(&cx, PageNumber::new(p).unwrap(), &[1u8; 4096]).unwrap();
+    /// }
+    /// tx.commit(&cx, 64).unwrap();
+    /// wal.checkpoint(&cx, CheckpointMode::Passive).unwrap(); // everything backfilled
+    /// let mut tx = wal.begin_write(&cx).unwrap(); // restarts the WAL, then truncates it
+    /// tx.write_page(&cx, PageNumber::new(1).unwrap(), &[2u8; 4096]).unwrap();
+    /// tx.commit(&cx, 64).unwrap();
+    /// let (f, _) = vfs.open(&cx, Some("/j.db-wal".as_ref()), VfsOpenFlags::READWRITE | VfsOpenFlags::WAL).unwrap();
+    /// assert!(f.file_size(&cx).unwrap() < 4 * 4120, "the WAL holds the last commit only");
+    /// ```
     pub fn set_journal_size_limit(&mut self, limit: Option<u64>) {
         self.journal_size_limit = limit;
     }
@@ -671,6 +695,27 @@ impl<V: Vfs> Wal<V> {
     /// count and how many are backfilled, the database size, the read marks and whether
     /// some connection holds each now, the locking mode. Reads the newest header (running
     /// recovery if the `-shm` needs it), as a read transaction would.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use fsqlite_types::{Cx, PageNumber};
+    /// use fsqlite_vfs::MemoryVfs;
+    /// use fsqlite_wal::{CheckpointMode, LockingMode, Wal, WalOptions};
+    ///
+    /// let cx = Cx::new();
+    /// let opts = WalOptions { auto_checkpoint: None, ..WalOptions::default() };
+    /// let mut wal = Wal::open(&cx, Arc::new(MemoryVfs::new()), "/st.db", opts).unwrap();
+    /// let mut tx = wal.begin_write(&cx).unwrap();
+    /// tx.write_page(&cx, PageNumber::new(1).unwrap(), &[0u8; 4096]).unwrap();
+    /// tx.commit(&cx, 1).unwrap();
+    /// let st = wal.status(&cx).unwrap();
+    /// assert!(st.wal_frames >= 1 && st.backfilled == 0 && st.db_size == 1);
+    /// assert_eq!(st.locking_mode, LockingMode::Normal);
+    /// assert!(st.read_marks.iter().all(|m| !m.in_use)); // no reader now
+    /// wal.checkpoint(&cx, CheckpointMode::Passive).unwrap();
+    /// let st = wal.status(&cx).unwrap();
+    /// assert_eq!(st.backfilled, st.wal_frames);
+    /// ```
     pub fn status(&mut self, cx: &Cx) -> Result<WalStatus> {
         self.begin_read_inner(cx, None)?;
         self.end_read(cx);
