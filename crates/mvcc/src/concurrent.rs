@@ -50,6 +50,7 @@ use fsqlite_error::{FrankenError, Result};
 use fsqlite_types::{Cx, PageNumber, PageSize, VfsOpenFlags};
 use fsqlite_vfs::{ShmRegion, Vfs, VfsFile, wal_read_lock};
 use fsqlite_wal::GroupedCommit;
+use fsqlite_wal::WalSnapshot;
 use fsqlite_wal::checkpoint_executor::wal_frame_data_offset;
 use fsqlite_wal::hooks::{
     BusyHandler, CommitAction, CommitHook, CommitInfo, ReadMarkStatus, WalStatus,
@@ -114,6 +115,8 @@ struct Versions {
     generation: u64,
     /// The salts of that generation (a change in the live header is a restart).
     salts: [u32; 2],
+    /// The published WAL-index header of `mx` (what a snapshot handle names).
+    hdr: WalIndexHdr,
     /// Page -> frames holding it, ascending, all `<= mx`.
     frames: HashMap<u32, Vec<u32>>,
     /// Commit frames (ascending) after which the database size changed.
@@ -172,6 +175,7 @@ impl Versions {
             self.n_page = n_page;
         }
         self.mx = hdr.mx_frame;
+        self.hdr = *hdr;
         Ok(())
     }
 }
@@ -183,6 +187,8 @@ struct Snapshot {
     db_size: u32,
     generation: u64,
     salts: [u32; 2],
+    /// The published header of `frame` (the snapshot handle).
+    hdr: WalIndexHdr,
 }
 
 /// Read-mark slots held on the reader handle, shared by reference count.
@@ -286,6 +292,7 @@ impl<V: Vfs> HybridShared<V> {
             mx: hdr.mx_frame,
             generation: 0,
             salts: hdr.wal_salts(),
+            hdr,
             ..Versions::default()
         };
         versions.n_page = if hdr.mx_frame > 0 {
@@ -388,6 +395,130 @@ impl<V: Vfs> HybridShared<V> {
         })
     }
 
+    /// `begin`, on the older snapshot `handle` names (see `Coordinator::begin_concurrent_at`).
+    pub(crate) fn begin_at(&self, cx: &Cx, handle: &WalSnapshot) -> Result<ConcurrentTxn<'_, V>> {
+        let hdr = handle.header();
+        let gone = |reason: String| FrankenError::SnapshotUnavailable { reason };
+        {
+            let mut slots = self.slots.lock();
+            self.catch_up_live(cx, &mut slots)?;
+        }
+        let target = {
+            let v = self.versions.read();
+            if hdr.wal_salts() != v.salts {
+                return Err(gone(
+                    "the WAL was restarted since it was taken (a checkpoint let the WAL start over)"
+                        .to_owned(),
+                ));
+            }
+            if hdr.mx_frame > v.mx {
+                return Err(gone(format!(
+                    "it names frame {} but the WAL holds {} committed frames",
+                    hdr.mx_frame, v.mx
+                )));
+            }
+            if hdr.mx_frame == 0 && v.mx > 0 {
+                return Err(gone(
+                    "it predates the WAL's first commit (its database size is no longer known)"
+                        .to_owned(),
+                ));
+            }
+            Snapshot {
+                frame: hdr.mx_frame,
+                db_size: if hdr.mx_frame > 0 {
+                    hdr.n_page
+                } else {
+                    v.n_page
+                },
+                generation: v.generation,
+                salts: v.salts,
+                hdr,
+            }
+        };
+        self.verify_commit_frame(cx, &hdr)?;
+        let start = std::time::Instant::now();
+        loop {
+            let (snapshot, slot) = self.acquire_snapshot_for(cx, Some(target))?;
+            // As SQLite's walBeginReadTransaction: under CKPT shared (no checkpoint in
+            // progress), the mark now held keeps later checkpoints at or below the
+            // snapshot; one that already ran must not have copied past it.
+            let checked = {
+                let mut guard = self.slots.lock();
+                let slots = &mut *guard;
+                let r0 = slots.region0.clone();
+                if locks::try_shared(&mut slots.file, cx, fsqlite_vfs::WAL_CKPT_LOCK)? {
+                    let attempted = r0.as_ref().map_or(0, ShmRegion::n_backfill_attempted);
+                    let salts_ok = r0.as_ref().is_some_and(|r| live_salts_are(r, target.salts));
+                    locks::unlock_shared(&mut slots.file, cx, fsqlite_vfs::WAL_CKPT_LOCK)?;
+                    Some(if !salts_ok {
+                        Err(gone("the WAL was restarted since it was taken".to_owned()))
+                    } else if attempted > target.frame {
+                        Err(gone(format!(
+                            "a checkpoint copied frames up to {attempted} into the database, past the snapshot's frame {}",
+                            target.frame
+                        )))
+                    } else {
+                        Ok(())
+                    })
+                } else {
+                    None
+                }
+            };
+            match checked {
+                Some(Ok(())) => {
+                    tracing::debug!(target: TRACE, snapshot = snapshot.frame, slot, "begin concurrent on a snapshot");
+                    return Ok(ConcurrentTxn {
+                        shared: self,
+                        snapshot,
+                        slot,
+                        reads: HashSet::new(),
+                        read_all: false,
+                        writes: BTreeMap::new(),
+                        undo: UndoLog::new(),
+                        done: false,
+                    });
+                }
+                Some(Err(e)) => {
+                    self.release_slot(slot);
+                    return Err(e);
+                }
+                None => {
+                    // A checkpoint is running: retry once it is done.
+                    self.release_slot(slot);
+                    if start.elapsed() > self.busy_timeout {
+                        return Err(FrankenError::Busy);
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+        }
+    }
+
+    /// The commit frame a snapshot handle names must be in the WAL as it says.
+    fn verify_commit_frame(&self, cx: &Cx, hdr: &WalIndexHdr) -> Result<()> {
+        if hdr.mx_frame == 0 {
+            return Ok(());
+        }
+        let mut b = [0u8; fsqlite_wal::format::WAL_FRAME_HEADER_SIZE];
+        let off = wal_frame_data_offset(hdr.mx_frame, self.page_size.get()) - b.len() as u64;
+        let got = self.wal_reader.read(cx, &mut b, off)?;
+        let fh = fsqlite_wal::format::FrameHeader::from_bytes(&b);
+        if got < b.len()
+            || fh.salt != hdr.wal_salts()
+            || fh.db_size_after_commit != hdr.n_page
+            || fh.checksum != hdr.a_frame_cksum
+        {
+            return Err(FrankenError::SnapshotUnavailable {
+                reason: format!(
+                    "frame {} of {} is not the commit the snapshot names (a handle from another database?)",
+                    hdr.mx_frame,
+                    self.wal_path.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Conflict back-off: a thread whose last transaction here lost a conflict, and that
     /// begins again while a batch is being made durable, waits for that batch to be
     /// published first (at most [`MAX_BACKOFF`]). Its retry then reads the winner's
@@ -419,13 +550,19 @@ impl<V: Vfs> HybridShared<V> {
     /// module docs), following SQLite's rule: lock first, then check that the snapshot
     /// is still the newest, else retry.
     fn acquire_snapshot(&self, cx: &Cx) -> Result<(Snapshot, usize)> {
+        self.acquire_snapshot_for(cx, None)
+    }
+
+    /// [`HybridShared::acquire_snapshot`], or with `target` a read mark at or below that
+    /// (older) snapshot.
+    fn acquire_snapshot_for(&self, cx: &Cx, target: Option<Snapshot>) -> Result<(Snapshot, usize)> {
         let busy_timeout = self.busy_timeout;
         let busy = self.hooks.read().busy.clone();
         let start = std::time::Instant::now();
         let mut attempt = 0u32;
         loop {
             cx.checkpoint()?;
-            if let Some(got) = self.try_acquire_snapshot(cx)? {
+            if let Some(got) = self.try_acquire_snapshot(cx, target)? {
                 return Ok(got);
             }
             let go_on = match &busy {
@@ -507,6 +644,7 @@ impl<V: Vfs> HybridShared<V> {
             db_size: v.n_page,
             generation: v.generation,
             salts: v.salts,
+            hdr: v.hdr,
         }
     }
 
@@ -537,11 +675,18 @@ impl<V: Vfs> HybridShared<V> {
         })
     }
 
-    fn try_acquire_snapshot(&self, cx: &Cx) -> Result<Option<(Snapshot, usize)>> {
+    fn try_acquire_snapshot(
+        &self,
+        cx: &Cx,
+        target: Option<Snapshot>,
+    ) -> Result<Option<(Snapshot, usize)>> {
         let mut guard = self.slots.lock();
         let slots = &mut *guard;
         self.catch_up_live(cx, slots)?;
-        let snap = self.current();
+        let snap = target.unwrap_or_else(|| self.current());
+        // With a target the snapshot need not be the newest: only its generation must
+        // still be the live one (checked below, once a mark is held).
+        let moved = |me: &Self| target.is_none() && me.current() != snap;
         // 1. join an in-process slot whose mark is this snapshot
         if let Some(i) =
             (1..WAL_READ_MARK_COUNT).find(|&i| slots.held[i].1 > 0 && slots.held[i].0 == snap.frame)
@@ -578,10 +723,7 @@ impl<V: Vfs> HybridShared<V> {
                 Err(e) => return Err(e),
             }
             r0.barrier();
-            if r0.read_mark(i) != snap.frame
-                || self.current() != snap
-                || !live_salts_are(&r0, snap.salts)
-            {
+            if r0.read_mark(i) != snap.frame || moved(self) || !live_salts_are(&r0, snap.salts) {
                 locks::unlock_shared(&mut slots.file, cx, lock)?;
                 return Ok(None);
             }
@@ -608,7 +750,7 @@ impl<V: Vfs> HybridShared<V> {
                 continue;
             }
             r0.barrier();
-            if r0.read_mark(i) != m || self.current() != snap || !live_salts_are(&r0, snap.salts) {
+            if r0.read_mark(i) != m || moved(self) || !live_salts_are(&r0, snap.salts) {
                 locks::unlock_shared(&mut slots.file, cx, lock)?;
                 return Ok(None);
             }
@@ -858,7 +1000,11 @@ impl<V: Vfs> HybridShared<V> {
                 restarted = true;
             });
             match r {
-                Ok(true) => self.versions.write().salts = core.state.legacy_hdr().wal_salts(),
+                Ok(true) => {
+                    let mut v = self.versions.write();
+                    v.hdr = core.state.legacy_hdr();
+                    v.salts = v.hdr.wal_salts();
+                }
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(target: TRACE, error = %e, "WAL restart failed; appending to the current WAL");
@@ -906,6 +1052,7 @@ impl<V: Vfs> HybridShared<V> {
                         // at the commit frame, so they need no map entry.
                         v.mx = last;
                         v.n_page = published.n_page;
+                        v.hdr = published;
                     } else {
                         // A begin already took up this header, or the WAL restarted under
                         // this batch: the -shm says which frames are whose.
@@ -1157,6 +1304,14 @@ impl<V: Vfs> ConcurrentTxn<'_, V> {
     /// The database size (pages) in that snapshot.
     pub fn db_size(&self) -> u32 {
         self.snapshot.db_size
+    }
+
+    /// A handle on this transaction's snapshot, to begin another transaction on it later
+    /// with `Coordinator::begin_concurrent_at` (or, being the legacy `-shm` header of that
+    /// commit, to open it in stock SQLite with `sqlite3_snapshot_open`, or through
+    /// `fsqlite_wal::Wal::begin_read_at`).
+    pub fn snapshot(&self) -> WalSnapshot {
+        WalSnapshot::from_header(self.snapshot.hdr)
     }
 
     /// Pages written so far (the private write set).

@@ -681,6 +681,49 @@ impl<V: Vfs> Coordinator<V> {
         }
     }
 
+    /// Begins a `BEGIN CONCURRENT` transaction on an older snapshot (SQLite's
+    /// `sqlite3_snapshot_open` for a writer): `snapshot` comes from
+    /// [`ConcurrentTxn::snapshot`] (or from `fsqlite_wal::ReadTxn::snapshot`, or SQLite's
+    /// `sqlite3_snapshot_get` through its 48 bytes). The transaction reads exactly that
+    /// commit and holds a read mark at or below it; if it writes, its commit is validated
+    /// as any other, against everything committed since that snapshot.
+    /// `SnapshotUnavailable` (769) when the WAL no longer holds it (a checkpoint copied
+    /// past it, or the WAL was restarted), `ConcurrentUnavailable` in `FileLockOnly` mode.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use fsqlite_mvcc::{Coordinator, CoordinatorOptions};
+    /// use fsqlite_types::{Cx, PageNumber};
+    /// use fsqlite_vfs::UnixVfs;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let cx = Cx::new();
+    /// let db = Coordinator::open(&cx, Arc::new(UnixVfs::new()), dir.path().join("s.db"),
+    ///                            CoordinatorOptions { kill_at: None, ..CoordinatorOptions::default() }).unwrap();
+    /// let p = PageNumber::new(1).unwrap();
+    /// let ps = db.page_size() as usize;
+    /// db.commit(&cx, &[(p, &vec![1u8; ps])], 1).unwrap();
+    /// let then = db.begin_concurrent(&cx).unwrap().snapshot();
+    /// db.commit(&cx, &[(p, &vec![2u8; ps])], 1).unwrap();
+    /// let mut old = db.begin_concurrent_at(&cx, &then).unwrap();
+    /// let mut buf = vec![0u8; ps];
+    /// old.read_page(&cx, p, &mut buf).unwrap();
+    /// assert_eq!(buf[0], 1); // as of the snapshot
+    /// old.rollback(&cx).unwrap();
+    /// db.close(&cx).unwrap();
+    /// ```
+    pub fn begin_concurrent_at(
+        &self,
+        cx: &Cx,
+        snapshot: &fsqlite_wal::WalSnapshot,
+    ) -> Result<ConcurrentTxn<'_, V>> {
+        begin_concurrent_check(self.mode)?;
+        match &self.inner {
+            Inner::Hybrid(h) => h.begin_at(cx, snapshot),
+            Inner::FileLock(_) | Inner::Exclusive(_) => Err(FrankenError::ConcurrentUnavailable),
+        }
+    }
+
     /// Installs (or with `None` removes) the commit hook (SQLite's `sqlite3_wal_hook`,
     /// see [`fsqlite_wal::hooks`]): called after each durable, published commit, for
     /// every transaction of a group commit in commit order, on the thread that made the

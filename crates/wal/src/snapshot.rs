@@ -66,6 +66,19 @@ impl WalSnapshot {
         &self.hdr
     }
 
+    /// The handle of the commit a published WAL-index header names (sealed here: `is_init`,
+    /// version and checksum set), for writers that keep their own copy of the header, as
+    /// `fsqlite_mvcc`'s coordinator does.
+    pub fn from_header(mut hdr: WalIndexHdr) -> Self {
+        hdr.seal();
+        Self { hdr }
+    }
+
+    /// The WAL-index header the handle names.
+    pub fn header(&self) -> WalIndexHdr {
+        self.hdr
+    }
+
     /// The snapshot's last commit frame (`mxFrame`; 0: the database file alone).
     pub fn mx_frame(&self) -> u32 {
         self.hdr.mx_frame

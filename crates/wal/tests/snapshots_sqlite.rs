@@ -8,7 +8,6 @@
 //! same snapshot through `begin_read_at`. Both must agree page for page, both must refuse
 //! the same snapshots for the same reasons, and the two handles are the same 48 bytes.
 
-use std::ffi::CString;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,92 +17,7 @@ use fsqlite_vfs::UnixVfs;
 use fsqlite_wal::{CheckpointMode, Wal, WalOptions, WalSnapshot};
 use rusqlite::{Connection, ffi};
 
-/// SQLite's snapshot API through rusqlite's raw handle (this test's only `unsafe`).
-mod sqlite_snap {
-    use super::*;
-
-    /// A `sqlite3_snapshot` SQLite allocated, or one we built from bytes.
-    pub enum Snap {
-        Sqlite(*mut ffi::sqlite3_snapshot),
-        Ours(Box<ffi::sqlite3_snapshot>),
-    }
-
-    impl Snap {
-        fn ptr(&self) -> *mut ffi::sqlite3_snapshot {
-            match self {
-                Snap::Sqlite(p) => *p,
-                // SQLite only reads a snapshot it is handed.
-                Snap::Ours(b) => std::ptr::from_ref::<ffi::sqlite3_snapshot>(b).cast_mut(),
-            }
-        }
-
-        /// The 48 bytes SQLite keeps (its copy of the WAL-index header).
-        pub fn bytes(&self) -> [u8; 48] {
-            // SAFETY: the pointer is a live sqlite3_snapshot (SQLite's allocation, freed
-            // only in Drop, or our Box); the struct is exactly 48 bytes of `hidden`.
-            unsafe { (*self.ptr()).hidden }
-        }
-
-        pub fn from_bytes(b: [u8; 48]) -> Self {
-            Snap::Ours(Box::new(ffi::sqlite3_snapshot { hidden: b }))
-        }
-    }
-
-    impl Drop for Snap {
-        fn drop(&mut self) {
-            if let Snap::Sqlite(p) = self {
-                // SAFETY: `p` came from sqlite3_snapshot_get and is freed once, here.
-                unsafe { ffi::sqlite3_snapshot_free(*p) };
-            }
-        }
-    }
-
-    fn main() -> CString {
-        CString::new("main").unwrap()
-    }
-
-    /// `sqlite3_snapshot_get` inside a fresh read transaction (left open: the caller
-    /// ends it with COMMIT).
-    pub fn get(conn: &Connection) -> Snap {
-        conn.execute_batch("BEGIN; SELECT count(*) FROM sqlite_master;")
-            .unwrap();
-        let mut p: *mut ffi::sqlite3_snapshot = std::ptr::null_mut();
-        // SAFETY: the handle is a live connection with a read transaction open; `p`
-        // receives a snapshot SQLite allocates.
-        let rc = unsafe { ffi::sqlite3_snapshot_get(conn.handle(), main().as_ptr(), &raw mut p) };
-        assert_eq!(rc, ffi::SQLITE_OK, "sqlite3_snapshot_get");
-        Snap::Sqlite(p)
-    }
-
-    /// `BEGIN` + `sqlite3_snapshot_open`: the result code; on success a read
-    /// transaction on the snapshot is open (end it with COMMIT).
-    pub fn open(conn: &Connection, snap: &Snap) -> i32 {
-        // The pager opens the WAL at its first read; snapshot_open needs it open.
-        conn.execute_batch("SELECT count(*) FROM sqlite_master; BEGIN")
-            .unwrap();
-        // SAFETY: a live connection inside BEGIN with no read yet; SQLite only copies
-        // the snapshot's bytes.
-        let rc = unsafe { ffi::sqlite3_snapshot_open(conn.handle(), main().as_ptr(), snap.ptr()) };
-        if rc != ffi::SQLITE_OK {
-            conn.execute_batch("COMMIT").unwrap();
-        }
-        rc
-    }
-
-    /// `sqlite3_snapshot_cmp`.
-    pub fn cmp(a: &Snap, b: &Snap) -> i32 {
-        // SAFETY: both are live snapshots of the same database.
-        unsafe { ffi::sqlite3_snapshot_cmp(a.ptr(), b.ptr()) }
-    }
-
-    /// `sqlite3_snapshot_recover` (no transaction open).
-    pub fn recover(conn: &Connection) -> i32 {
-        // SAFETY: a live connection with no open transaction.
-        unsafe { ffi::sqlite3_snapshot_recover(conn.handle(), main().as_ptr()) }
-    }
-}
-
-use sqlite_snap::Snap;
+use fsqlite_testkit::sqlite::snapshot::{self as sqlite_snap, Snap};
 
 const ROWS: i64 = 60;
 
@@ -161,23 +75,6 @@ fn ours(db: &Path) -> Wal<UnixVfs> {
     Wal::open(&Cx::new(), Arc::new(UnixVfs::new()), db, opts()).unwrap()
 }
 
-/// Every page of the snapshot SQLite has open on `conn`, via sqlite_dbpage.
-fn sqlite_pages(conn: &Connection) -> Vec<Vec<u8>> {
-    let mut st = conn
-        .prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")
-        .unwrap();
-    let rows = st
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
-        .unwrap();
-    let mut out = Vec::new();
-    for (i, row) in rows.enumerate() {
-        let (pgno, data) = row.unwrap();
-        assert_eq!(pgno, i as i64 + 1);
-        out.push(data);
-    }
-    out
-}
-
 /// Every page of `snap` read through our `begin_read_at`.
 fn our_pages(w: &mut Wal<UnixVfs>, snap: &WalSnapshot) -> Result<Vec<Vec<u8>>, FrankenError> {
     let cx = Cx::new();
@@ -190,18 +87,6 @@ fn our_pages(w: &mut Wal<UnixVfs>, snap: &WalSnapshot) -> Result<Vec<Vec<u8>>, F
         out.push(buf);
     }
     Ok(out)
-}
-
-/// SQLite's pages of `snap` opened on a fresh connection.
-fn sqlite_pages_at(db: &Path, snap: &Snap) -> Result<Vec<Vec<u8>>, i32> {
-    let c = Connection::open(db).unwrap();
-    let rc = sqlite_snap::open(&c, snap);
-    if rc != ffi::SQLITE_OK {
-        return Err(rc);
-    }
-    let pages = sqlite_pages(&c);
-    c.execute_batch("COMMIT").unwrap();
-    Ok(pages)
 }
 
 fn assert_same(what: &str, a: &[Vec<u8>], b: &[Vec<u8>]) {
@@ -234,7 +119,7 @@ fn a_snapshot_reads_what_sqlite_reads_on_the_same_snapshot() {
             mine.to_bytes(),
             "round {round}: handles differ"
         );
-        let now = sqlite_pages(&reader);
+        let now = sqlite_snap::pages(&reader);
         reader.execute_batch("COMMIT").unwrap();
         taken.push((theirs, mine, now));
     }
@@ -244,13 +129,13 @@ fn a_snapshot_reads_what_sqlite_reads_on_the_same_snapshot() {
     let newest = wal.begin_read(&cx).unwrap().snapshot();
     for (i, (theirs, mine, then)) in taken.iter_mut().enumerate() {
         assert!(*mine < newest);
-        let sq = sqlite_pages_at(&db, theirs).expect("SQLite opens its snapshot");
+        let sq = sqlite_snap::pages_at(&db, theirs).expect("SQLite opens its snapshot");
         let ou = our_pages(&mut wal, mine).unwrap();
         assert_same(&format!("snapshot {i}: ours vs SQLite's"), &ou, &sq);
         assert_same(&format!("snapshot {i}: as read when taken"), &ou, then);
         // Each side opens the other's handle too.
         let from_ours = Snap::from_bytes(mine.to_bytes());
-        let sq2 = sqlite_pages_at(&db, &from_ours).expect("SQLite opens our handle");
+        let sq2 = sqlite_snap::pages_at(&db, &from_ours).expect("SQLite opens our handle");
         assert_same(&format!("snapshot {i}: SQLite on our handle"), &sq2, &sq);
         let back = WalSnapshot::from_bytes(&theirs.bytes()).unwrap();
         assert_same(
@@ -334,7 +219,7 @@ fn both_refuse_a_snapshot_a_checkpoint_passed_or_a_restart_dropped() {
         );
         drop(held);
     }
-    assert!(sqlite_pages_at(&db, &theirs).is_ok());
+    assert!(sqlite_snap::pages_at(&db, &theirs).is_ok());
     assert!(our_pages(&mut wal, &mine).is_ok());
 
     // Without a reader, a checkpoint copies past it: both refuse, with 769.
@@ -343,7 +228,10 @@ fn both_refuse_a_snapshot_a_checkpoint_passed_or_a_restart_dropped() {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .unwrap();
-    assert_eq!(sqlite_pages_at(&db, &theirs).unwrap_err(), ERROR_SNAPSHOT);
+    assert_eq!(
+        sqlite_snap::pages_at(&db, &theirs).unwrap_err(),
+        ERROR_SNAPSHOT
+    );
     let e = our_pages(&mut wal, &mine).unwrap_err();
     assert_eq!(e.extended_code(), ERROR_SNAPSHOT, "{e}");
     assert!(e.to_string().contains("a checkpoint copied frames"), "{e}");
@@ -352,7 +240,7 @@ fn both_refuse_a_snapshot_a_checkpoint_passed_or_a_restart_dropped() {
     let newest = wal.begin_read(&cx).unwrap().snapshot();
     let newest_theirs = Snap::from_bytes(newest.to_bytes());
     assert!(our_pages(&mut wal, &newest).is_ok());
-    assert!(sqlite_pages_at(&db, &newest_theirs).is_ok());
+    assert!(sqlite_snap::pages_at(&db, &newest_theirs).is_ok());
     churn(&writer, 2); // fully backfilled before: this commit restarts the WAL
     churn(&writer, 3);
     let _: i64 = writer
@@ -362,7 +250,7 @@ fn both_refuse_a_snapshot_a_checkpoint_passed_or_a_restart_dropped() {
     let e = our_pages(&mut wal, &newest).unwrap_err();
     assert_eq!(e.extended_code(), ERROR_SNAPSHOT, "{e}");
     assert_eq!(
-        sqlite_pages_at(&db, &newest_theirs).unwrap_err(),
+        sqlite_snap::pages_at(&db, &newest_theirs).unwrap_err(),
         ERROR_SNAPSHOT
     );
 
@@ -411,7 +299,7 @@ fn after_a_restart_recover_brings_back_the_snapshots_sqlite_recovers() {
     for (i, b) in kept.iter().enumerate() {
         let s = WalSnapshot::from_bytes(b).unwrap();
         let ours_ok = our_pages(&mut wal, &s).is_ok();
-        let theirs_ok = sqlite_pages_at(&db, &Snap::from_bytes(*b)).is_ok();
+        let theirs_ok = sqlite_snap::pages_at(&db, &Snap::from_bytes(*b)).is_ok();
         assert_eq!(ours_ok, theirs_ok, "snapshot {i} before recovery");
         assert_eq!(ours_ok, s == newest, "snapshot {i} before recovery");
     }
@@ -442,7 +330,7 @@ fn after_a_restart_recover_brings_back_the_snapshots_sqlite_recovers() {
     for (i, b) in kept.iter().enumerate() {
         let s = WalSnapshot::from_bytes(b).unwrap();
         let ours_r = our_pages(&mut wal, &s);
-        let theirs = sqlite_pages_at(&copy_db, &Snap::from_bytes(*b));
+        let theirs = sqlite_snap::pages_at(&copy_db, &Snap::from_bytes(*b));
         assert_eq!(
             ours_r.is_ok(),
             theirs.is_ok(),

@@ -22,6 +22,7 @@
 //! (i64 LE; f64 bits LE; text/blob as length u64 LE followed by the bytes).
 
 pub mod shm;
+pub mod snapshot;
 pub mod wal;
 
 use std::path::{Path, PathBuf};
