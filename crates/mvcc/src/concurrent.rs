@@ -586,6 +586,10 @@ impl<V: Vfs> HybridShared<V> {
         self.hooks.write().busy = handler;
     }
 
+    pub(crate) fn set_journal_size_limit(&self, limit: Option<u64>) {
+        self.core.lock().journal_size_limit = limit;
+    }
+
     fn patience(&self) -> Patience {
         Patience {
             timeout: self.busy_timeout,

@@ -472,6 +472,10 @@ pub(crate) struct Hybrid<V: Vfs> {
     pub(crate) latched: Option<String>,
     /// The serial section of a batch is held (see [`LegacyWriters`]).
     batch_held: bool,
+    /// `journal_size_limit` (see [`Coordinator::set_journal_size_limit`]).
+    pub(crate) journal_size_limit: Option<u64>,
+    /// The WAL was restarted in this batch: apply `journal_size_limit` after it.
+    truncate_on_commit: bool,
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -759,6 +763,19 @@ impl<V: Vfs> Coordinator<V> {
             Inner::Hybrid(h) => h.set_commit_hook(hook),
             Inner::FileLock(w) => w.lock().set_commit_hook(hook),
             Inner::Exclusive(w) => w.lock().set_commit_hook(hook),
+        }
+    }
+
+    /// SQLite's `PRAGMA journal_size_limit` (see `fsqlite_wal::Wal::set_journal_size_limit`):
+    /// after a checkpoint let the WAL start over, the batch that restarts it truncates the
+    /// `-wal` file to `limit` bytes (or to the end of its own frames). `None`, the default,
+    /// leaves the file at its largest size. No effect in `FileLockOnly` mode other than
+    /// the connection's own setting.
+    pub fn set_journal_size_limit(&self, limit: Option<u64>) {
+        match &self.inner {
+            Inner::Hybrid(h) => h.set_journal_size_limit(limit),
+            Inner::FileLock(w) => w.lock().set_journal_size_limit(limit),
+            Inner::Exclusive(w) => w.lock().set_journal_size_limit(limit),
         }
     }
 
@@ -1109,6 +1126,8 @@ impl<V: Vfs> Hybrid<V> {
             commits: 0,
             latched: None,
             batch_held: false,
+            journal_size_limit: None,
+            truncate_on_commit: false,
         })
     }
 
@@ -1196,6 +1215,11 @@ impl<V: Vfs> Hybrid<V> {
         );
         Ok(())
     }
+}
+
+/// The end of frame `frame` in the WAL file.
+fn wal_frame_end(frame: u32, page_size: u32) -> u64 {
+    fsqlite_wal::checkpoint_executor::wal_frame_data_offset(frame, page_size) + u64::from(page_size)
 }
 
 /// The record followed by the setting of the processes on the database, written in one
@@ -1653,6 +1677,24 @@ impl<V: Vfs> Hybrid<V> {
             kill_self(KillPoint::AfterPublish);
         }
         self.commits += 1;
+        if std::mem::take(&mut self.truncate_on_commit)
+            && let Some(limit) = self.journal_size_limit
+        {
+            // SQLite's walLimitSize: the first commit after a restart trims the file.
+            let end = wal_frame_end(last, self.page_size.get());
+            let size = limit.max(end);
+            match self.wal.file().file_size(cx) {
+                Ok(now) if now > size => {
+                    if let Err(e) = self.wal.file_mut().truncate(cx, size) {
+                        tracing::warn!(target: TRACE, error = %e, "journal_size_limit: could not truncate the WAL; the commit stands");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(target: TRACE, error = %e, "journal_size_limit: could not size the WAL; the commit stands");
+                }
+            }
+        }
         let n_backfill = r0.n_backfill();
         if n_backfill <= last {
             self.state.update_backfill(n_backfill)?;
@@ -1684,6 +1726,7 @@ impl<V: Vfs> Hybrid<V> {
         }
         let r = self.restart_locked(cx, &r0);
         if r.is_ok() {
+            self.truncate_on_commit = true;
             on_restart();
         }
         let unlocked = locks::unlock_exclusive(&mut self.db, cx, wal_read_lock(1), readers);

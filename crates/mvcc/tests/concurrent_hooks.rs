@@ -194,3 +194,59 @@ fn opening_a_16_byte_file_names_its_length() {
         "{e}"
     );
 }
+
+/// The `-wal` size after: a 40-page commit, a full SQLite checkpoint, then a one-page
+/// commit (which restarts the WAL), with `limit` set on the coordinator.
+fn wal_size_after_restart(dir: &Path, limit: Option<u64>) -> (u64, u64) {
+    let db = common::make_db(dir, &format!("jsl-{limit:?}.db"));
+    let coord = common::open(&db, common::options()).unwrap();
+    coord.set_journal_size_limit(limit);
+    let cx = Cx::new();
+    let base = coord.db_size(&cx).unwrap();
+    let pages: Vec<(PageNumber, Vec<u8>)> = (1..=40)
+        .map(|i| (PageNumber::new(base + i).unwrap(), vec![i as u8; PS]))
+        .collect();
+    let refs: Vec<(PageNumber, &[u8])> = pages.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+    coord.commit(&cx, &refs, base + 40).unwrap();
+    let (log, done) = {
+        let c = Connection::open(&db).unwrap();
+        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        })
+        .unwrap()
+    };
+    assert_eq!(log, done, "the checkpoint copied everything");
+    let before = std::fs::metadata(format!("{}-wal", db.display()))
+        .unwrap()
+        .len();
+    let last = coord
+        .commit(
+            &cx,
+            &[(PageNumber::new(base + 1).unwrap(), &[9; PS])],
+            base + 40,
+        )
+        .unwrap();
+    let after = std::fs::metadata(format!("{}-wal", db.display()))
+        .unwrap()
+        .len();
+    coord.close(&cx).unwrap();
+    assert!(last <= 2, "the commit restarted the WAL (frame {last})");
+    (before, after)
+}
+
+#[test]
+fn journal_size_limit_trims_the_wal_the_coordinator_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let frame = 24 + PS as u64;
+    let (before, after) = wal_size_after_restart(dir.path(), None);
+    assert_eq!(after, before, "without a limit the file keeps its size");
+    let (before, after) = wal_size_after_restart(dir.path(), Some(0));
+    assert!(before > 40 * frame);
+    assert!(
+        after <= 32 + 2 * frame,
+        "trimmed to the restarting commit: {after}"
+    );
+    let limit = 10 * frame;
+    let (_, after) = wal_size_after_restart(dir.path(), Some(limit));
+    assert_eq!(after, limit, "trimmed to the limit");
+}
