@@ -565,10 +565,12 @@ fn open_db<V: Vfs>(
 
 impl<V: Vfs> Coordinator<V> {
     /// Opens `db_path` (see the module docs): picks the mode and says which in an `info`
-    /// line (target `fsqlite.mvcc.coordinator`); in hybrid mode probes, recovers if the
-    /// previous coordinator died, and takes over. `Busy` when a live coordinator runs
-    /// ([`CoordinatorProbeResult::Active`]) or `WAL_WRITE_LOCK` stays busy
-    /// ([`CoordinatorProbeResult::Timeout`]).
+    /// line (target `fsqlite.mvcc.coordinator`). In hybrid mode it joins the fsqlite
+    /// processes that already have the database open, or, as the first, probes, recovers
+    /// if the previous writer died, and takes over. `Busy` when a stock SQLite writer
+    /// keeps `WAL_WRITE_LOCK` past `probe_timeout` ([`CoordinatorProbeResult::Timeout`]);
+    /// `CannotOpen` when the processes already there use another
+    /// [`CoordinatorOptions::legacy_writers`].
     pub fn open(
         cx: &Cx,
         vfs: Arc<V>,
