@@ -288,6 +288,9 @@ pub struct HybridRecord {
     pub generation: u64,
     /// True when the recorded process is alive now (same pid and start time).
     pub owner_alive: bool,
+    /// What stock SQLite writers get from the fsqlite processes on this database
+    /// (`excluded` or `admitted`, `CoordinatorOptions::legacy_writers`), when recorded.
+    pub legacy_writers: Option<&'static str>,
 }
 
 /// A read-only scan of the WAL's valid prefix.
@@ -617,7 +620,7 @@ pub fn hybrid_info(files: &DbFiles) -> CliResult<HybridInfo> {
             &f,
             &files.hybrid,
             0,
-            HYBRID_PREVIEW_BYTES.max(RECORD_SIZE),
+            HYBRID_PREVIEW_BYTES.max(RECORD_SIZE) + 16,
         )?),
         None => None,
     };
@@ -638,6 +641,13 @@ pub fn hybrid_info(files: &DbFiles) -> CliResult<HybridInfo> {
             start_time: r.start_time,
             generation: r.generation,
             owner_alive: r.owner_alive_os(),
+            legacy_writers: bytes
+                .as_deref()
+                .and_then(fsqlite_mvcc::LegacyWriters::recorded)
+                .map(|m| match m {
+                    fsqlite_mvcc::LegacyWriters::Excluded => "excluded",
+                    fsqlite_mvcc::LegacyWriters::Admitted => "admitted",
+                }),
         }),
         record_problem: decoded.and_then(Result::err).map(|d| d.to_string()),
     })
@@ -846,7 +856,7 @@ pub fn render_text(r: &InspectReport) -> String {
             (Some(rec), _) => {
                 let _ = writeln!(
                     out,
-                    "hybrid coordinator record {}: {}, pid {} ({}), start time {}, generation {}",
+                    "hybrid coordinator record {}: {}, pid {} ({}), start time {}, generation {}{}",
                     hy.path,
                     rec.state,
                     rec.pid,
@@ -856,7 +866,10 @@ pub fn render_text(r: &InspectReport) -> String {
                         "not running"
                     },
                     rec.start_time,
-                    rec.generation
+                    rec.generation,
+                    rec.legacy_writers
+                        .map(|m| format!(", stock SQLite writers {m}"))
+                        .unwrap_or_default()
                 );
             }
             (None, problem) => {

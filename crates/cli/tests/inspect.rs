@@ -192,7 +192,40 @@ fn decodes_the_hybrid_coordinator_record() {
     assert_eq!(h["record"]["pid"], std::process::id());
     assert_eq!(h["record"]["generation"], 3);
     assert_eq!(h["record"]["owner_alive"], true);
+    assert!(
+        h["record"]["legacy_writers"].is_null(),
+        "no setting recorded"
+    );
     assert!(h["record_problem"].is_null());
+
+    // A real coordinator records the setting of the processes on the database.
+    for (mode, name) in [
+        (fsqlite_mvcc::LegacyWriters::Admitted, "admitted"),
+        (fsqlite_mvcc::LegacyWriters::Excluded, "excluded"),
+    ] {
+        let cx = fsqlite_types::Cx::new();
+        let coord = fsqlite_mvcc::Coordinator::open(
+            &cx,
+            std::sync::Arc::new(fsqlite_vfs::UnixVfs::new()),
+            &db,
+            fsqlite_mvcc::CoordinatorOptions {
+                legacy_writers: mode,
+                kill_at: None,
+                checkpoint_on_close: false,
+                ..fsqlite_mvcc::CoordinatorOptions::default()
+            },
+        )
+        .unwrap();
+        let (code, v, _) = run_json(&["inspect", s(&db)]);
+        assert_eq!(code, 0);
+        assert_eq!(v["hybrid"]["record"]["legacy_writers"], name, "{v}");
+        let text = String::from_utf8(run(&["inspect", s(&db)]).stdout).unwrap();
+        assert!(
+            text.contains(&format!("stock SQLite writers {name}")),
+            "{text}"
+        );
+        coord.close(&cx).unwrap();
+    }
 
     std::fs::write(
         &record,

@@ -275,6 +275,27 @@ pub enum LegacyWriters {
 }
 
 impl LegacyWriters {
+    /// The setting recorded in the bytes of a `<db>.fsqlite-shm` file (read from offset
+    /// 0), if a member wrote one: what `fsqlite inspect` shows, and what a joining
+    /// process must match.
+    ///
+    /// ```
+    /// use fsqlite_mvcc::LegacyWriters;
+    /// assert_eq!(LegacyWriters::recorded(&[0u8; 48]), None);
+    /// ```
+    pub fn recorded(record_file: &[u8]) -> Option<Self> {
+        let at = usize::try_from(MODE_OFFSET).ok()?;
+        let m = record_file.get(at..at + MODE_MAGIC.len() + 1)?;
+        if &m[..MODE_MAGIC.len()] != MODE_MAGIC {
+            return None;
+        }
+        match m[MODE_MAGIC.len()] {
+            b'X' => Some(Self::Excluded),
+            b'A' => Some(Self::Admitted),
+            _ => None,
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             Self::Excluded => b'X',
