@@ -335,7 +335,13 @@ fn a_stock_sqlite_writer_is_admitted_or_kept_out() {
         c.execute_batch("CREATE TABLE audit(k INTEGER PRIMARY KEY)")
             .unwrap();
         drop(c);
-        let members: Vec<ChildHandle> = (0..2)
+        // Excluded: four processes of four threads, as the first test. Admitted: two, so
+        // that the SQLite writer, whose busy handler sleeps 1-100 ms between attempts
+        // while the members' serial sections poll every 10-200 µs, reliably gets in (with
+        // four saturating members it got in 1-12 times in 1.5 s; see docs/design.md,
+        // fairness).
+        let n_members: u64 = if mode == "admitted" { 2 } else { 4 };
+        let members: Vec<ChildHandle> = (0..n_members)
             .map(|m| spawn_member(test, &s, m, mode, 4, 3000, s.accounts, seed))
             .collect();
         let mut w = LiveSqlite::spawn(
@@ -367,7 +373,7 @@ fn a_stock_sqlite_writer_is_admitted_or_kept_out() {
         for (m, child) in members.into_iter().enumerate() {
             finish(child, &format!("{mode} member {m}"));
         }
-        let acks = all_acks(&s, 2);
+        let acks = all_acks(&s, n_members);
         assert!(!acks.is_empty());
         bank_common::check_books(&s.db, &acks, s.accounts, s.total, mode);
         let audit = audit_rows(&s.db);
