@@ -58,6 +58,7 @@ use fsqlite_wal::hooks::{
 use fsqlite_wal::locking_mode::LockingMode;
 use fsqlite_wal::locks::{self, Patience};
 use fsqlite_wal::savepoint::{Savepoint, UndoLog};
+use fsqlite_wal::snapshot::{check_available, check_commit_frame};
 use fsqlite_wal::wal_index::{
     HeaderMemory, HeaderRead, WAL_READ_MARK_COUNT, WALINDEX_PGSZ, WalIndex, WalIndexHdr,
     load_header_copies,
@@ -113,9 +114,8 @@ struct Versions {
     n_page: u32,
     /// WAL generation (bumped by every restart, ours or another writer's).
     generation: u64,
-    /// The salts of that generation (a change in the live header is a restart).
-    salts: [u32; 2],
-    /// The published WAL-index header of `mx` (what a snapshot handle names).
+    /// The published WAL-index header of `mx` (what a snapshot handle names); its salts
+    /// are the generation's (a change in the live header is a restart).
     hdr: WalIndexHdr,
     /// Page -> frames holding it, ascending, all `<= mx`.
     frames: HashMap<u32, Vec<u32>>,
@@ -144,8 +144,7 @@ impl Versions {
         hdr: &WalIndexHdr,
         mut page_of: impl FnMut(u32) -> Result<u32>,
     ) -> Result<()> {
-        let salts = hdr.wal_salts();
-        let restarted = salts != self.salts;
+        let restarted = hdr.wal_salts() != self.hdr.wal_salts();
         if !restarted && hdr.mx_frame <= self.mx {
             return Ok(());
         }
@@ -156,7 +155,6 @@ impl Versions {
             if self.mx > 0 {
                 self.generation += 1;
             }
-            self.salts = salts;
             self.mx = 0;
             self.frames.clear();
             self.size_changes.clear();
@@ -186,8 +184,8 @@ struct Snapshot {
     frame: u32,
     db_size: u32,
     generation: u64,
-    salts: [u32; 2],
-    /// The published header of `frame` (the snapshot handle).
+    /// The published header of `frame` (the snapshot handle; its salts name the WAL
+    /// generation).
     hdr: WalIndexHdr,
 }
 
@@ -291,7 +289,6 @@ impl<V: Vfs> HybridShared<V> {
         let mut versions = Versions {
             mx: hdr.mx_frame,
             generation: 0,
-            salts: hdr.wal_salts(),
             hdr,
             ..Versions::default()
         };
@@ -383,45 +380,25 @@ impl<V: Vfs> HybridShared<V> {
         self.back_off_after_conflict();
         let (snapshot, slot) = self.acquire_snapshot(cx)?;
         tracing::trace!(target: TRACE, snapshot = snapshot.frame, slot, "begin concurrent");
-        Ok(ConcurrentTxn {
-            shared: self,
-            snapshot,
-            slot,
-            reads: HashSet::new(),
-            read_all: false,
-            writes: BTreeMap::new(),
-            undo: UndoLog::new(),
-            done: false,
-        })
+        Ok(self.txn(snapshot, slot))
     }
 
     /// `begin`, on the older snapshot `handle` names (see `Coordinator::begin_concurrent_at`).
     pub(crate) fn begin_at(&self, cx: &Cx, handle: &WalSnapshot) -> Result<ConcurrentTxn<'_, V>> {
         let hdr = handle.header();
-        let gone = |reason: String| FrankenError::SnapshotUnavailable { reason };
         {
             let mut slots = self.slots.lock();
             self.catch_up_live(cx, &mut slots)?;
         }
         let target = {
             let v = self.versions.read();
-            if hdr.wal_salts() != v.salts {
-                return Err(gone(
-                    "the WAL was restarted since it was taken (a checkpoint let the WAL start over)"
-                        .to_owned(),
-                ));
-            }
-            if hdr.mx_frame > v.mx {
-                return Err(gone(format!(
-                    "it names frame {} but the WAL holds {} committed frames",
-                    hdr.mx_frame, v.mx
-                )));
-            }
+            check_available(&hdr, v.hdr.wal_salts(), v.mx, None)?;
             if hdr.mx_frame == 0 && v.mx > 0 {
-                return Err(gone(
-                    "it predates the WAL's first commit (its database size is no longer known)"
-                        .to_owned(),
-                ));
+                return Err(FrankenError::SnapshotUnavailable {
+                    reason:
+                        "it predates the WAL's first commit (its database size is no longer known)"
+                            .to_owned(),
+                });
             }
             Snapshot {
                 frame: hdr.mx_frame,
@@ -431,7 +408,6 @@ impl<V: Vfs> HybridShared<V> {
                     v.n_page
                 },
                 generation: v.generation,
-                salts: v.salts,
                 hdr,
             }
         };
@@ -447,19 +423,17 @@ impl<V: Vfs> HybridShared<V> {
                 let slots = &mut *guard;
                 let r0 = slots.region0.clone();
                 if locks::try_shared(&mut slots.file, cx, fsqlite_vfs::WAL_CKPT_LOCK)? {
-                    let attempted = r0.as_ref().map_or(0, ShmRegion::n_backfill_attempted);
-                    let salts_ok = r0.as_ref().is_some_and(|r| live_salts_are(r, target.salts));
+                    let r = r0.as_ref().map_or(Ok(()), |r0| {
+                        let live = load_header_copies(r0)[0];
+                        check_available(
+                            &hdr,
+                            live.wal_salts(),
+                            live.mx_frame,
+                            Some(r0.n_backfill_attempted()),
+                        )
+                    });
                     locks::unlock_shared(&mut slots.file, cx, fsqlite_vfs::WAL_CKPT_LOCK)?;
-                    Some(if !salts_ok {
-                        Err(gone("the WAL was restarted since it was taken".to_owned()))
-                    } else if attempted > target.frame {
-                        Err(gone(format!(
-                            "a checkpoint copied frames up to {attempted} into the database, past the snapshot's frame {}",
-                            target.frame
-                        )))
-                    } else {
-                        Ok(())
-                    })
+                    Some(r)
                 } else {
                     None
                 }
@@ -467,16 +441,7 @@ impl<V: Vfs> HybridShared<V> {
             match checked {
                 Some(Ok(())) => {
                     tracing::debug!(target: TRACE, snapshot = snapshot.frame, slot, "begin concurrent on a snapshot");
-                    return Ok(ConcurrentTxn {
-                        shared: self,
-                        snapshot,
-                        slot,
-                        reads: HashSet::new(),
-                        read_all: false,
-                        writes: BTreeMap::new(),
-                        undo: UndoLog::new(),
-                        done: false,
-                    });
+                    return Ok(self.txn(snapshot, slot));
                 }
                 Some(Err(e)) => {
                     self.release_slot(slot);
@@ -494,6 +459,20 @@ impl<V: Vfs> HybridShared<V> {
         }
     }
 
+    /// A new transaction on `snapshot`, protected by read-mark `slot`.
+    fn txn(&self, snapshot: Snapshot, slot: usize) -> ConcurrentTxn<'_, V> {
+        ConcurrentTxn {
+            shared: self,
+            snapshot,
+            slot,
+            reads: HashSet::new(),
+            read_all: false,
+            writes: BTreeMap::new(),
+            undo: UndoLog::new(),
+            done: false,
+        }
+    }
+
     /// The commit frame a snapshot handle names must be in the WAL as it says.
     fn verify_commit_frame(&self, cx: &Cx, hdr: &WalIndexHdr) -> Result<()> {
         if hdr.mx_frame == 0 {
@@ -501,22 +480,17 @@ impl<V: Vfs> HybridShared<V> {
         }
         let mut b = [0u8; fsqlite_wal::format::WAL_FRAME_HEADER_SIZE];
         let off = wal_frame_data_offset(hdr.mx_frame, self.page_size.get()) - b.len() as u64;
-        let got = self.wal_reader.read(cx, &mut b, off)?;
-        let fh = fsqlite_wal::format::FrameHeader::from_bytes(&b);
-        if got < b.len()
-            || fh.salt != hdr.wal_salts()
-            || fh.db_size_after_commit != hdr.n_page
-            || fh.checksum != hdr.a_frame_cksum
-        {
+        if self.wal_reader.read(cx, &mut b, off)? < b.len() {
             return Err(FrankenError::SnapshotUnavailable {
                 reason: format!(
-                    "frame {} of {} is not the commit the snapshot names (a handle from another database?)",
+                    "frame {} lies past the end of {}",
                     hdr.mx_frame,
                     self.wal_path.display()
                 ),
             });
         }
-        Ok(())
+        let fh = fsqlite_wal::format::FrameHeader::from_bytes(&b);
+        check_commit_frame(hdr, &fh, &self.wal_path)
     }
 
     /// Conflict back-off: a thread whose last transaction here lost a conflict, and that
@@ -647,7 +621,6 @@ impl<V: Vfs> HybridShared<V> {
             frame: v.mx,
             db_size: v.n_page,
             generation: v.generation,
-            salts: v.salts,
             hdr: v.hdr,
         }
     }
@@ -668,7 +641,7 @@ impl<V: Vfs> HybridShared<V> {
         }
         {
             let v = self.versions.read();
-            if v.salts == live.wal_salts() && live.mx_frame <= v.mx {
+            if v.hdr.wal_salts() == live.wal_salts() && live.mx_frame <= v.mx {
                 return Ok(());
             }
         }
@@ -727,7 +700,10 @@ impl<V: Vfs> HybridShared<V> {
                 Err(e) => return Err(e),
             }
             r0.barrier();
-            if r0.read_mark(i) != snap.frame || moved(self) || !live_salts_are(&r0, snap.salts) {
+            if r0.read_mark(i) != snap.frame
+                || moved(self)
+                || !live_salts_are(&r0, snap.hdr.wal_salts())
+            {
                 locks::unlock_shared(&mut slots.file, cx, lock)?;
                 return Ok(None);
             }
@@ -754,7 +730,7 @@ impl<V: Vfs> HybridShared<V> {
                 continue;
             }
             r0.barrier();
-            if r0.read_mark(i) != m || moved(self) || !live_salts_are(&r0, snap.salts) {
+            if r0.read_mark(i) != m || moved(self) || !live_salts_are(&r0, snap.hdr.wal_salts()) {
                 locks::unlock_shared(&mut slots.file, cx, lock)?;
                 return Ok(None);
             }
@@ -919,13 +895,14 @@ impl<V: Vfs> HybridShared<V> {
                 }
             }
             tracing::debug!(target: TRACE, error = %e, "group commit could not enter its serial section");
+            let busy = matches!(e, FrankenError::Busy | FrankenError::BusyRecovery);
             let text = e.to_string();
             let mut e = Some(e);
             return batch
                 .iter()
                 .map(|_| {
                     Err(e.take().unwrap_or_else(|| {
-                        if text.contains("busy") {
+                        if busy {
                             FrankenError::Busy
                         } else {
                             FrankenError::internal(format!(
@@ -1005,9 +982,7 @@ impl<V: Vfs> HybridShared<V> {
             });
             match r {
                 Ok(true) => {
-                    let mut v = self.versions.write();
-                    v.hdr = core.state.legacy_hdr();
-                    v.salts = v.hdr.wal_salts();
+                    self.versions.write().hdr = core.state.legacy_hdr();
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -1038,7 +1013,7 @@ impl<V: Vfs> HybridShared<V> {
                     let last = published.mx_frame;
                     let syncs = u64::from(core.options.sync.syncs_on_commit());
                     let mut v = self.versions.write();
-                    if v.salts == published.wal_salts() && v.mx + 1 == first {
+                    if v.hdr.wal_salts() == published.wal_salts() && v.mx + 1 == first {
                         // The usual case: this batch's frames, exactly, in commit order.
                         let mut frame = first;
                         let mut prev_n = v.n_page;

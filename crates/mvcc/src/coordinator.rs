@@ -601,14 +601,7 @@ impl<V: Vfs> Coordinator<V> {
         let db_path = vfs.full_pathname(cx, db_path.as_ref())?;
         let rw = VfsOpenFlags::READWRITE | VfsOpenFlags::CREATE;
         let (mut db, page_size) = open_db(cx, &*vfs, &db_path, rw, options.page_size)?;
-        let ok = locks::wait_until(cx, options.busy_timeout, || {
-            match db.lock(cx, LockLevel::Shared) {
-                Ok(()) => Ok(true),
-                Err(FrankenError::Busy) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })?;
-        if !ok {
+        if !locks::wait_file_lock(&mut db, cx, LockLevel::Shared, options.busy_timeout)? {
             return Err(FrankenError::Busy);
         }
         let (choice, reason) = choose_mode(cx, &*vfs, &mut db, &db_path, &options)?;
@@ -1019,14 +1012,12 @@ impl<V: Vfs> Hybrid<V> {
         // Membership: every fsqlite process on the database holds SHARED on the record
         // file for its life; the first one (EXCLUSIVE granted) takes over, the others join.
         let mut record_file = record_file;
-        let member = locks::wait_until(cx, options.busy_timeout, || {
-            match record_file.lock(cx, LockLevel::Shared) {
-                Ok(()) => Ok(true),
-                Err(FrankenError::Busy) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })?;
-        if !member {
+        if !locks::wait_file_lock(
+            &mut record_file,
+            cx,
+            LockLevel::Shared,
+            options.busy_timeout,
+        )? {
             tracing::info!(target: TRACE, db = %db_path.display(), "another fsqlite process kept taking over for longer than busy_timeout");
             return Err(FrankenError::Busy);
         }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bank_common::{Ack, read_acks};
-use fsqlite_mvcc::{CompatMode, Coordinator, CoordinatorOptions};
+use fsqlite_mvcc::{Coordinator, CoordinatorOptions};
 use fsqlite_testkit::bank::{self, BankOptions};
 use fsqlite_testkit::child::{ChildSpec, ack, child_role, spawn_self};
 use fsqlite_testkit::rng::{Rng, replay_hint, seed_from_env};
@@ -61,20 +61,7 @@ fn run_child(seed: u64) {
     let db = PathBuf::from(std::env::var(ENV_DB).unwrap());
     let acks = PathBuf::from(std::env::var(ENV_ACKS).unwrap());
     let round: u64 = std::env::var(ENV_ROUND).unwrap().parse().unwrap();
-    let cx = Cx::new();
-    let coord = Coordinator::open(&cx, Arc::new(UnixVfs::new()), &db, options()).unwrap();
-    assert_eq!(
-        coord.mode(),
-        CompatMode::HybridShm,
-        "{}",
-        coord.mode_reason()
-    );
-    let accounts = bank_common::accounts(&db);
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&acks)
-        .unwrap();
+    let (coord, accounts, log) = bank_common::open_writer(&db, options(), &acks);
     ack(0, round).unwrap(); // ready
     bank_common::transfer_threads(
         &coord,

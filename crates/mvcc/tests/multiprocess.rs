@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bank_common::{Ack, read_acks};
-use fsqlite_mvcc::{CompatMode, Coordinator, CoordinatorOptions, LegacyWriters};
+use fsqlite_mvcc::{Coordinator, CoordinatorOptions, LegacyWriters};
 use fsqlite_testkit::bank::{self, BankOptions, Stamp};
 use fsqlite_testkit::child::{ChildHandle, ChildSpec, ack, child_role, spawn_self};
 use fsqlite_testkit::process::{LiveOptions, LiveSqlite};
@@ -69,21 +69,7 @@ fn run_member(seed: u64) {
     let life = Duration::from_millis(env(ENV_MILLIS).parse().unwrap()).min(MAX_LIFE);
     let member: u64 = env(ENV_MEMBER).parse().unwrap();
     let n_accounts: u32 = env(ENV_ACCOUNTS).parse().unwrap();
-    let cx = Cx::new();
-    let coord =
-        Coordinator::open(&cx, Arc::new(UnixVfs::new()), &db, options(mode_from_env())).unwrap();
-    assert_eq!(
-        coord.mode(),
-        CompatMode::HybridShm,
-        "{}",
-        coord.mode_reason()
-    );
-    let accounts = bank_common::accounts(&db);
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&acks)
-        .unwrap();
+    let (coord, accounts, log) = bank_common::open_writer(&db, options(mode_from_env()), &acks);
     ack(0, u64::from(coord.takeover().is_some_and(|t| t.joined))).unwrap(); // ready
     bank_common::transfer_threads(
         &coord, &accounts, n_accounts, threads, seed, member, life, &log,
@@ -91,7 +77,7 @@ fn run_member(seed: u64) {
     let st = coord.stats();
     eprintln!("member {member}: {st:?}");
     ack(1, st.commits).unwrap();
-    coord.close(&cx).unwrap();
+    coord.close(&Cx::new()).unwrap();
 }
 
 /// A member that holds one transaction on the last account open for `millis` ms, acks

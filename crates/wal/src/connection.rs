@@ -274,14 +274,7 @@ impl<V: Vfs> Wal<V> {
                 }
             }
         };
-        let ok = locks::wait_until(cx, options.busy_timeout, || {
-            match db.lock(cx, LockLevel::Shared) {
-                Ok(()) => Ok(true),
-                Err(FrankenError::Busy) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })?;
-        if !ok {
+        if !locks::wait_file_lock(&mut db, cx, LockLevel::Shared, options.busy_timeout)? {
             return Err(FrankenError::Busy);
         }
         let wal_path = sibling(&db_path, "-wal");
@@ -579,19 +572,7 @@ impl<V: Vfs> Wal<V> {
             return Ok(());
         }
         let fh = self.read_frame_header_raw(cx, target.mx_frame)?;
-        if fh.salt != target.wal_salts()
-            || fh.db_size_after_commit != target.n_page
-            || fh.checksum != target.a_frame_cksum
-        {
-            return Err(FrankenError::SnapshotUnavailable {
-                reason: format!(
-                    "frame {} of {} is not the commit the snapshot names (a handle from another database?)",
-                    target.mx_frame,
-                    self.wal_path.display()
-                ),
-            });
-        }
-        Ok(())
+        crate::snapshot::check_commit_frame(target, &fh, &self.wal_path)
     }
 
     /// Installs (or with `None` removes) the commit hook, SQLite's `sqlite3_wal_hook`:
@@ -1206,23 +1187,12 @@ impl<V: Vfs> Wal<V> {
     /// `SnapshotUnavailable` unless `t` is still in the WAL per the live header (`self.hdr`)
     /// and `nBackfillAttempted`.
     fn snapshot_still_in_wal(&self, t: &WalIndexHdr, n_backfill_attempted: u32) -> Result<()> {
-        let reason = if t.a_salt != self.hdr.a_salt {
-            "the WAL was restarted since it was taken (a checkpoint let the WAL start over)"
-                .to_string()
-        } else if t.mx_frame > self.hdr.mx_frame {
-            format!(
-                "it names frame {} but the WAL holds {} committed frames",
-                t.mx_frame, self.hdr.mx_frame
-            )
-        } else if n_backfill_attempted > t.mx_frame {
-            format!(
-                "a checkpoint copied frames up to {n_backfill_attempted} into the database, past the snapshot's frame {} (after a restart, recover_snapshots may bring it back)",
-                t.mx_frame
-            )
-        } else {
-            return Ok(());
-        };
-        Err(FrankenError::SnapshotUnavailable { reason })
+        crate::snapshot::check_available(
+            t,
+            self.hdr.wal_salts(),
+            self.hdr.mx_frame,
+            Some(n_backfill_attempted),
+        )
     }
 
     /// Maps every region the current snapshot (or `target`) needs and computes its

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use fsqlite_error::{FrankenError, Result};
-use fsqlite_types::Cx;
+use fsqlite_types::{Cx, LockLevel};
 use fsqlite_vfs::{SHM_EXCLUSIVE, SHM_LOCK, SHM_SHARED, SHM_UNLOCK, VfsFile};
 
 use crate::hooks::BusyHandler;
@@ -142,6 +142,17 @@ pub fn wait_exclusive<F: VfsFile + ?Sized>(
     timeout: Duration,
 ) -> Result<bool> {
     wait_until(cx, timeout, || try_exclusive(f, cx, idx, n))
+}
+
+/// Waits up to `timeout` for the file lock `level` (SQLite's database-file locks,
+/// [`VfsFile::lock`]); `Ok(false)` when another handle kept it busy that long.
+pub fn wait_file_lock<F: VfsFile + ?Sized>(
+    f: &mut F,
+    cx: &Cx,
+    level: LockLevel,
+    timeout: Duration,
+) -> Result<bool> {
+    wait_until(cx, timeout, || busy_to_false(f.lock(cx, level)))
 }
 
 /// [`wait_exclusive`] with a [`Patience`].

@@ -46,9 +46,11 @@
 //! ```
 
 use std::cmp::Ordering;
+use std::path::Path;
 
 use fsqlite_error::{FrankenError, Result};
 
+use crate::format::FrameHeader;
 use crate::wal_index::{WAL_INDEX_HDR_SIZE, WalIndexHdr};
 
 /// A handle on one committed state of the database (see the module docs).
@@ -123,6 +125,54 @@ impl WalSnapshot {
         }
         Ok(Self { hdr })
     }
+}
+
+/// `SnapshotUnavailable` unless the snapshot whose header is `target` is still in the WAL
+/// whose live header has `live_salts` and `live_mx` committed frames and whose
+/// `nBackfillAttempted` is `attempted` (when known): no restart since, no frame past the
+/// WAL's end, no checkpoint copied past it. Shared by `Wal::begin_read_at` and
+/// `fsqlite_mvcc`'s `Coordinator::begin_concurrent_at`.
+pub fn check_available(
+    target: &WalIndexHdr,
+    live_salts: [u32; 2],
+    live_mx: u32,
+    attempted: Option<u32>,
+) -> Result<()> {
+    let reason = if target.wal_salts() != live_salts {
+        "the WAL was restarted since it was taken (a checkpoint let the WAL start over)".to_string()
+    } else if target.mx_frame > live_mx {
+        format!(
+            "it names frame {} but the WAL holds {live_mx} committed frames",
+            target.mx_frame
+        )
+    } else if let Some(a) = attempted.filter(|&a| a > target.mx_frame) {
+        format!(
+            "a checkpoint copied frames up to {a} into the database, past the snapshot's frame {} (after a restart, recover_snapshots may bring it back)",
+            target.mx_frame
+        )
+    } else {
+        return Ok(());
+    };
+    Err(FrankenError::SnapshotUnavailable { reason })
+}
+
+/// `SnapshotUnavailable` unless `frame` (the header of frame `target.mx_frame`, read back
+/// from the WAL at `wal`) is the commit the snapshot names: same salts, commit size and
+/// running checksum. A handle from another database fails here instead of misreading.
+pub fn check_commit_frame(target: &WalIndexHdr, frame: &FrameHeader, wal: &Path) -> Result<()> {
+    if frame.salt != target.wal_salts()
+        || frame.db_size_after_commit != target.n_page
+        || frame.checksum != target.a_frame_cksum
+    {
+        return Err(FrankenError::SnapshotUnavailable {
+            reason: format!(
+                "frame {} of {} is not the commit the snapshot names (a handle from another database?)",
+                target.mx_frame,
+                wal.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Two handles are equal when they name the same commit: the same WAL generation and

@@ -13,11 +13,11 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use fsqlite_mvcc::Coordinator;
+use fsqlite_mvcc::{CompatMode, Coordinator, CoordinatorOptions};
 use fsqlite_testkit::bank::{self, Accounts, Stamp};
 use fsqlite_testkit::rng::Rng;
 use fsqlite_types::{Cx, PageNumber};
-use fsqlite_vfs::Vfs;
+use fsqlite_vfs::{UnixVfs, Vfs};
 
 /// An acknowledged transfer, as logged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +64,29 @@ pub fn accounts(db: &Path) -> Accounts {
         .parse()
         .unwrap();
     bank::scan(db, root).unwrap()
+}
+
+/// What a bank writer process needs: a hybrid coordinator on `db`, the accounts' page
+/// map, and the ack log at `acks` opened for appending.
+pub fn open_writer(
+    db: &Path,
+    options: CoordinatorOptions,
+    acks: &Path,
+) -> (Coordinator<UnixVfs>, Accounts, std::fs::File) {
+    let coord =
+        Coordinator::open(&Cx::new(), std::sync::Arc::new(UnixVfs::new()), db, options).unwrap();
+    assert_eq!(
+        coord.mode(),
+        CompatMode::HybridShm,
+        "{}",
+        coord.mode_reason()
+    );
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(acks)
+        .unwrap();
+    (coord, accounts(db), log)
 }
 
 /// One random transfer with id `id` (retried until it commits); logged to `log` once
