@@ -40,6 +40,7 @@ use fsqlite_vfs::{CrashMode, Fault, FaultOp, FaultRepeat, MemoryVfs};
 use fsqlite_wal::Wal;
 use serde_json::json;
 
+use crate::coverage::{Response, record_response};
 use crate::crashsim::{count_ops, run_guarded, vfs_seed};
 use crate::model::{Bound, Model, page_digest};
 use crate::verify::{Verified, verify_recovered};
@@ -61,6 +62,10 @@ pub enum FaultKind {
     DiskFull,
     /// `shm_map` fails.
     ShmMap,
+    /// Taking a database-file lock fails (SQLITE_IOERR_LOCK).
+    Lock,
+    /// Taking a shm lock fails (SQLITE_IOERR_SHMLOCK).
+    ShmLock,
     /// A read fails while a crashed image is being recovered.
     RecoveryRead,
     /// A read is short while a crashed image is being recovered.
@@ -69,13 +74,15 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in report order.
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Write,
         FaultKind::Sync,
         FaultKind::Truncate,
         FaultKind::ShortRead,
         FaultKind::DiskFull,
         FaultKind::ShmMap,
+        FaultKind::Lock,
+        FaultKind::ShmLock,
         FaultKind::RecoveryRead,
         FaultKind::RecoveryShortRead,
     ];
@@ -89,6 +96,8 @@ impl FaultKind {
             Self::ShortRead => "short_read",
             Self::DiskFull => "disk_full",
             Self::ShmMap => "shm_map",
+            Self::Lock => "lock",
+            Self::ShmLock => "shm_lock",
             Self::RecoveryRead => "recovery_read",
             Self::RecoveryShortRead => "recovery_short_read",
         }
@@ -116,6 +125,8 @@ impl FaultKind {
             Self::ShortRead | Self::RecoveryShortRead => Fault::short_read(n, short_len, repeat),
             Self::DiskFull => Fault::disk_full(disk_full_quota(n, page_size)),
             Self::ShmMap => Fault::fail(FaultOp::ShmMap, n, repeat),
+            Self::Lock => Fault::fail(FaultOp::Lock, n, repeat),
+            Self::ShmLock => Fault::fail(FaultOp::ShmLock, n, repeat),
             Self::RecoveryRead => Fault::fail(FaultOp::Read, n, repeat),
         }
     }
@@ -293,6 +304,12 @@ fn run_site(
     }
     let mut model = out.model;
     let mut conn = out.conn;
+    let hit = vfs.take_fired_faults().first().copied();
+    let mut response = if out.error.is_some() {
+        Response::Error
+    } else {
+        Response::Absorbed
+    };
     if let Some(e) = &out.error {
         counters.inc(&format!("errors.{}", e.kind));
         if p.repeat == FaultRepeat::Once {
@@ -321,9 +338,13 @@ fn run_site(
                                 );
                             } else {
                                 counters.inc("latched");
+                                response = Response::Latched;
                             }
                         } else if acked {
                             counters.inc("probe_acknowledged");
+                            response = Response::Continued;
+                        } else {
+                            response = Response::Latched;
                         }
                     }
                 }
@@ -337,6 +358,9 @@ fn run_site(
             repeat_name(p.repeat)
         ));
         counters.inc("faults_injected");
+        if let Some(site) = &hit {
+            record_response(counters, site, p.repeat, response);
+        }
     }
     drop(conn);
     vfs.clear_faults();
@@ -470,6 +494,7 @@ fn run_recovery_site(
     }));
     let fired = image.armed_fault_count() == 0;
     counters.inc("runs");
+    let recovered = matches!(faulted, Ok(Ok(_)));
     match faulted {
         Err(e) => fail(
             failures,
@@ -497,6 +522,14 @@ fn run_recovery_site(
     if fired {
         counters.inc(&format!("faults_injected.{}.once", p.kind.name()));
         counters.inc("faults_injected");
+        if let Some(site) = image.take_fired_faults().first() {
+            let r = if recovered {
+                Response::Absorbed
+            } else {
+                Response::Error
+            };
+            record_response(counters, site, FaultRepeat::Once, r);
+        }
     }
     image.clear_faults();
     let _ = rng;
@@ -612,10 +645,20 @@ pub fn run(cfg: &IoFaultConfig) -> HarnessReport {
             }
         })
         .collect();
+    // The sites clean runs reach (the coverage table's rows).
+    let mut seen = Counters::default();
+    for w in &cfg.workloads {
+        let vfs = MemoryVfs::with_seed(vfs_seed(cfg.seed, w));
+        vfs.record_sites(true);
+        if let Ok(out) = run_guarded(&Cx::new(), &vfs, &worker_db_path(0, w.name), w, cfg.seed) {
+            drop(out.conn);
+        }
+        crate::coverage::record_seen(&mut seen, &vfs.seen_sites());
+    }
     // Cheap kinds first, every workload of a kind before the next kind: a short budget
     // completes whole kinds rather than whole workloads.
     let cost = |k: FaultKind| match k {
-        FaultKind::Truncate | FaultKind::ShmMap => 0,
+        FaultKind::Truncate | FaultKind::ShmMap | FaultKind::Lock | FaultKind::ShmLock => 0,
         FaultKind::Sync | FaultKind::Write => 1,
         FaultKind::RecoveryRead | FaultKind::RecoveryShortRead => 2,
         FaultKind::ShortRead => 3,
@@ -666,7 +709,7 @@ pub fn run(cfg: &IoFaultConfig) -> HarnessReport {
             })
             .collect()
     });
-    let mut totals = Counters::default();
+    let mut totals = seen;
     let mut sweeps_json = Vec::new();
     let mut complete = 0u64;
     let mut sites_total = 0u64;

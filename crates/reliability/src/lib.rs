@@ -9,6 +9,8 @@
 //! | [`workloads`] | the canonical workloads and the runner that keeps the model in step |
 //! | [`verify`] | what is checked after a recovery: oracle, structure, continuation |
 //! | [`crashsim`] | exhaustive crash-point enumeration × seeded damage variants |
+//! | [`concurrent`] | concurrent writers (8 threads; 2 members × 4 threads) under crashes and I/O faults |
+//! | [`coverage`] | every I/O call site of the WAL and the coordinator, and what each fault there did |
 //! | [`iofault`] | the I/O-error sweep: every failure site, fail-once and persistent |
 //! | [`diff`] | differential recovery of damaged SQLite-written WALs against SQLite |
 //! | [`walgen`] | an independent WAL encoder and reference scanner (fuzz oracles) |
@@ -28,6 +30,8 @@
     reason = "only percentages and rates for reports are computed in f64"
 )]
 
+pub mod concurrent;
+pub mod coverage;
 pub mod crashsim;
 pub mod diff;
 pub mod fuzz_bodies;

@@ -43,7 +43,9 @@ pub mod shm;
 pub mod traits;
 pub mod unix;
 
-pub use memory::{CrashMode, Fault, FaultOp, FaultRepeat, HandleLockState, MemoryFile, MemoryVfs};
+pub use memory::{
+    CrashMode, Fault, FaultOp, FaultRepeat, HandleLockState, IoSite, MemoryFile, MemoryVfs,
+};
 pub use shm::{
     SHM_EXCLUSIVE, SHM_LOCK, SHM_NLOCK, SHM_REGION_SIZE, SHM_SHARED, SHM_UNLOCK, ShmRegion,
     WAL_CKPT_LOCK, WAL_READ_LOCK_BASE, WAL_RECOVER_LOCK, WAL_WRITE_LOCK, wal_read_lock,

@@ -218,7 +218,7 @@ impl CrashMode {
 }
 
 /// The operations a [`Fault::Fail`] can target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FaultOp {
     /// `VfsFile::read`.
     Read,
@@ -230,6 +230,11 @@ pub enum FaultOp {
     Truncate,
     /// `VfsFile::shm_map`.
     ShmMap,
+    /// `VfsFile::lock` when it would raise the lock (a failed `fcntl`: SQLITE_IOERR_LOCK).
+    Lock,
+    /// `VfsFile::shm_lock` (and `shm_downgrade`) taking a lock (SQLITE_IOERR_SHMLOCK);
+    /// releases never fail.
+    ShmLock,
 }
 
 impl FaultOp {
@@ -241,7 +246,49 @@ impl FaultOp {
             Self::Sync => "sync",
             Self::Truncate => "truncate",
             Self::ShmMap => "shm_map",
+            Self::Lock => "lock",
+            Self::ShmLock => "shm_lock",
         }
+    }
+
+    /// Every operation, in report order.
+    pub const ALL: [FaultOp; 7] = [
+        Self::Read,
+        Self::Write,
+        Self::Sync,
+        Self::Truncate,
+        Self::ShmMap,
+        Self::Lock,
+        Self::ShmLock,
+    ];
+}
+
+/// A line of code that called a failing-capable [`VfsFile`] method (through
+/// `#[track_caller]`), with the operation: what [`MemoryVfs::seen_sites`] and
+/// [`MemoryVfs::fired_faults`] report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IoSite {
+    /// The operation.
+    pub op: FaultOp,
+    /// The source file of the call (as `file!()` spells it).
+    pub file: &'static str,
+    /// Its line.
+    pub line: u32,
+}
+
+impl IoSite {
+    fn here(op: FaultOp, at: &'static std::panic::Location<'static>) -> Self {
+        Self {
+            op,
+            file: at.file(),
+            line: at.line(),
+        }
+    }
+}
+
+impl std::fmt::Display for IoSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {}:{}", self.op.name(), self.file, self.line)
     }
 }
 
@@ -457,6 +504,10 @@ struct State {
     shm_nodes: BTreeMap<u64, ShmNode>,
     shm_names: BTreeMap<PathBuf, u64>,
     faults: Vec<ActiveFault>,
+    /// Call sites seen while [`MemoryVfs::record_sites`] is on, with counts.
+    sites: Option<BTreeMap<IoSite, u64>>,
+    /// Where injected faults fired, in order.
+    fired: Vec<IoSite>,
     op_count: u64,
     crash_at: Option<u64>,
     crashed_at: Option<u64>,
@@ -603,6 +654,8 @@ impl State {
             shm_nodes: BTreeMap::new(),
             shm_names: BTreeMap::new(),
             faults: Vec::new(),
+            sites: None,
+            fired: Vec::new(),
             op_count: 0,
             crash_at: None,
             crashed_at: None,
@@ -661,8 +714,17 @@ impl State {
     }
 
     /// Counts `op` against the armed faults and says what they do to it.
-    fn faults_for(&mut self, op: FaultOp, path: Option<&Path>, write_len: u64) -> Effects {
+    fn faults_for(
+        &mut self,
+        op: FaultOp,
+        path: Option<&Path>,
+        write_len: u64,
+        at: &'static std::panic::Location<'static>,
+    ) -> Effects {
         let mut fx = Effects::default();
+        if let Some(sites) = self.sites.as_mut() {
+            *sites.entry(IoSite::here(op, at)).or_insert(0) += 1;
+        }
         if self.faults.is_empty() {
             return fx;
         }
@@ -721,6 +783,9 @@ impl State {
             } else {
                 i += 1;
             }
+        }
+        if fx.fail || fx.full || fx.short.is_some() || fx.flip {
+            self.fired.push(IoSite::here(op, at));
         }
         fx
     }
@@ -1149,6 +1214,35 @@ impl MemoryVfs {
         self.shared.lock().faults.len()
     }
 
+    /// Starts (or stops) recording the call site ([`IoSite`]) of every operation that a
+    /// fault can hit: read, write, truncate, sync, shm_map, and lock and shm_lock calls
+    /// that take a lock. Starting clears what was recorded.
+    pub fn record_sites(&self, on: bool) {
+        self.shared.lock().sites = on.then(BTreeMap::new);
+    }
+
+    /// The call sites recorded since [`MemoryVfs::record_sites`]`(true)`, with how many
+    /// operations each made.
+    pub fn seen_sites(&self) -> Vec<(IoSite, u64)> {
+        self.shared
+            .lock()
+            .sites
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Where injected faults fired (failed, short or bit-flipped reads, full disk), in
+    /// order, since this VFS was created or [`MemoryVfs::take_fired_faults`] last ran.
+    pub fn fired_faults(&self) -> Vec<IoSite> {
+        self.shared.lock().fired.clone()
+    }
+
+    /// [`MemoryVfs::fired_faults`], clearing the list.
+    pub fn take_fired_faults(&self) -> Vec<IoSite> {
+        std::mem::take(&mut self.shared.lock().fired)
+    }
+
     /// Operations counted since this VFS was created ([`COUNTED_OPS`]; ops of dead handles
     /// are not counted).
     pub fn op_count(&self) -> u64 {
@@ -1416,9 +1510,10 @@ impl Drop for MemoryFile {
 
 impl VfsFile for MemoryFile {
     fn read(&self, _cx: &Cx, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let at = std::panic::Location::caller();
         let mut guard = self.enter("read")?;
         let st = &mut *guard;
-        let fx = st.faults_for(FaultOp::Read, self.path.as_deref(), 0);
+        let fx = st.faults_for(FaultOp::Read, self.path.as_deref(), 0, at);
         if fx.fail {
             return Err(injected("read", self.path.as_deref()));
         }
@@ -1446,6 +1541,7 @@ impl VfsFile for MemoryFile {
     }
 
     fn write(&mut self, _cx: &Cx, buf: &[u8], offset: u64) -> Result<()> {
+        let at = std::panic::Location::caller();
         let mut guard = self.enter("write")?;
         let st = &mut *guard;
         if self.readonly {
@@ -1453,7 +1549,7 @@ impl VfsFile for MemoryFile {
         }
         let len = buf.len() as u64;
         self.check_end("write", offset.checked_add(len))?;
-        let fx = st.faults_for(FaultOp::Write, self.path.as_deref(), len);
+        let fx = st.faults_for(FaultOp::Write, self.path.as_deref(), len, at);
         if fx.fail {
             return Err(injected("write", self.path.as_deref()));
         }
@@ -1474,13 +1570,14 @@ impl VfsFile for MemoryFile {
     }
 
     fn truncate(&mut self, _cx: &Cx, size: u64) -> Result<()> {
+        let at = std::panic::Location::caller();
         let mut guard = self.enter("truncate")?;
         let st = &mut *guard;
         if self.readonly {
             return Err(FrankenError::ReadOnly);
         }
         self.check_end("truncate", Some(size))?;
-        let fx = st.faults_for(FaultOp::Truncate, self.path.as_deref(), 0);
+        let fx = st.faults_for(FaultOp::Truncate, self.path.as_deref(), 0, at);
         if fx.fail {
             return Err(injected("truncate", self.path.as_deref()));
         }
@@ -1491,9 +1588,10 @@ impl VfsFile for MemoryFile {
     }
 
     fn sync(&mut self, _cx: &Cx, _flags: SyncFlags) -> Result<()> {
+        let at = std::panic::Location::caller();
         let mut guard = self.enter("sync")?;
         let st = &mut *guard;
-        let fx = st.faults_for(FaultOp::Sync, self.path.as_deref(), 0);
+        let fx = st.faults_for(FaultOp::Sync, self.path.as_deref(), 0, at);
         let inode = st.inode_mut(self.inode)?;
         if fx.fail {
             // Linux after an fsync error: the dirty pages are marked clean and dropped.
@@ -1542,11 +1640,18 @@ impl VfsFile for MemoryFile {
     }
 
     fn lock(&mut self, _cx: &Cx, level: LockLevel) -> Result<()> {
+        let at = std::panic::Location::caller();
         let mut guard = self.enter("lock")?;
         let st = &mut *guard;
         let cur = st.handle(self.id)?.level;
         if cur >= level {
             return Ok(());
+        }
+        if st
+            .faults_for(FaultOp::Lock, self.path.as_deref(), 0, at)
+            .fail
+        {
+            return Err(injected("lock", self.path.as_deref()));
         }
         if cur == LockLevel::None {
             if st
@@ -1613,6 +1718,7 @@ impl VfsFile for MemoryFile {
         extend: bool,
     ) -> Result<Option<ShmRegion>> {
         let mut guard = self.enter("shm_map")?;
+        let at = std::panic::Location::caller();
         let st = &mut *guard;
         let Some(path) = self.path.clone() else {
             return Err(FrankenError::cannot_open(
@@ -1630,7 +1736,7 @@ impl VfsFile for MemoryFile {
             return Err(FrankenError::out_of_range("shm region index", region));
         }
         let shm_path = shm_name(&path);
-        let fx = st.faults_for(FaultOp::ShmMap, Some(&shm_path), 0);
+        let fx = st.faults_for(FaultOp::ShmMap, Some(&shm_path), 0, at);
         if fx.fail {
             return Err(injected("shm_map", Some(&shm_path)));
         }
@@ -1662,6 +1768,7 @@ impl VfsFile for MemoryFile {
     }
 
     fn shm_lock(&mut self, _cx: &Cx, offset: u32, n: u32, flags: u32) -> Result<()> {
+        let at = std::panic::Location::caller();
         let mut guard = self.enter("shm_lock")?;
         let st = &mut *guard;
         let (exclusive, lock) = check_shm_lock_args(offset, n, flags)?;
@@ -1695,6 +1802,12 @@ impl VfsFile for MemoryFile {
         if lock {
             if same & mask == mask {
                 return Ok(());
+            }
+            if st
+                .faults_for(FaultOp::ShmLock, Some(&shm_name(&path)), 0, at)
+                .fail
+            {
+                return Err(injected("shm_lock", Some(&shm_name(&path))));
             }
             let conflict = st
                 .handles

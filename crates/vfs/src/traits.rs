@@ -79,17 +79,27 @@ pub fn fallback_randomness(buf: &mut [u8]) {
 }
 
 /// An open file: SQLite's `sqlite3_io_methods`.
+///
+/// The methods that can fail on a real disk (`read`, `write`, `truncate`, `sync`, `lock`,
+/// `shm_map`, `shm_lock`) are `#[track_caller]`: an implementation can ask
+/// [`std::panic::Location::caller`] for the line that called it, through any wrapper VFS
+/// that is itself a plain `VfsFile` forwarding its calls. [`crate::MemoryVfs`] records
+/// these call sites so the I/O-error sweep can say which line of the WAL a fault hit.
 pub trait VfsFile: Send + Sync {
     /// Reads into `buf` from `offset`; returns the bytes read and zero-fills the rest.
+    #[track_caller]
     fn read(&self, cx: &Cx, buf: &mut [u8], offset: u64) -> Result<usize>;
 
     /// Writes all of `buf` at `offset`.
+    #[track_caller]
     fn write(&mut self, cx: &Cx, buf: &[u8], offset: u64) -> Result<()>;
 
     /// Sets the file size.
+    #[track_caller]
     fn truncate(&mut self, cx: &Cx, size: u64) -> Result<()>;
 
     /// Makes earlier writes durable (`fsync`, or `fdatasync` with `DATAONLY`).
+    #[track_caller]
     fn sync(&mut self, cx: &Cx, flags: SyncFlags) -> Result<()>;
 
     /// Starts writing back dirty data in `offset .. offset + len` without waiting for it.
@@ -105,6 +115,7 @@ pub trait VfsFile: Send + Sync {
     fn file_size(&self, cx: &Cx) -> Result<u64>;
 
     /// Raises the database-file lock to `level` (SQLite's lock bytes).
+    #[track_caller]
     fn lock(&mut self, cx: &Cx, level: LockLevel) -> Result<()>;
 
     /// Lowers the database-file lock to `level` (`Shared` or `None`).
@@ -124,6 +135,7 @@ pub trait VfsFile: Send + Sync {
     }
 
     /// Maps region `region` (of `size` bytes, normally 32768) of `<path>-shm`.
+    #[track_caller]
     fn shm_map(
         &mut self,
         cx: &Cx,
@@ -133,6 +145,7 @@ pub trait VfsFile: Send + Sync {
     ) -> Result<Option<ShmRegion>>;
 
     /// Takes or releases shm locks `offset..offset+n` (SQLite's indices and flags).
+    #[track_caller]
     fn shm_lock(&mut self, cx: &Cx, offset: u32, n: u32, flags: u32) -> Result<()>;
 
     /// Turns this handle's exclusive lock on shm slot `offset` into a shared one.
@@ -143,6 +156,7 @@ pub trait VfsFile: Send + Sync {
     /// call and that window. `Err(Busy)` means the slot was lost in between (only
     /// possible with the default); the caller retries as after a failed shared lock.
     /// Default: `shm_lock` UNLOCK|EXCLUSIVE, then LOCK|SHARED.
+    #[track_caller]
     fn shm_downgrade(&mut self, cx: &Cx, offset: u32) -> Result<()> {
         use crate::shm::{SHM_EXCLUSIVE, SHM_LOCK, SHM_SHARED, SHM_UNLOCK};
         self.shm_lock(cx, offset, 1, SHM_UNLOCK | SHM_EXCLUSIVE)?;

@@ -345,3 +345,69 @@ fn crash_at_every_op_stops_everything_until_crash() {
         workload(&vfs).unwrap();
     }
 }
+
+/// A wrapper whose own method is not `#[track_caller]`: the line inside it that calls
+/// the VFS is the site (a `VfsFile` impl of a wrapper would inherit the attribute from the
+/// trait and pass its caller's line through).
+struct Forward(MemoryFile);
+
+impl Forward {
+    fn write(&mut self, cx: &Cx, buf: &[u8], offset: u64) -> fsqlite_error::Result<()> {
+        VfsFile::write(&mut self.0, cx, buf, offset)
+    }
+}
+
+#[test]
+fn call_sites_are_recorded_and_faults_name_theirs() {
+    let cx = Cx::new();
+    let vfs = MemoryVfs::new();
+    let mut f = open(&vfs, "/db");
+    vfs.record_sites(true);
+    f.write(&cx, b"abc", 0).unwrap();
+    let write_line = line!() - 1;
+    f.write(&cx, b"abc", 3).unwrap();
+    let second_line = line!() - 1;
+    f.sync(&cx, SyncFlags::NORMAL).unwrap();
+    let sites = vfs.seen_sites();
+    let at = |line: u32| {
+        sites
+            .iter()
+            .find(|(s, _)| s.line == line && s.file.ends_with("memory_faults.rs"))
+            .map(|(s, n)| (s.op, *n))
+    };
+    assert_eq!(at(write_line), Some((FaultOp::Write, 1)), "{sites:?}");
+    assert_eq!(at(second_line), Some((FaultOp::Write, 1)), "{sites:?}");
+    assert!(
+        sites.iter().any(|(s, _)| s.op == FaultOp::Sync),
+        "{sites:?}"
+    );
+
+    // A lock fault fires at the caller's line and is reported there.
+    vfs.inject(Fault::fail(FaultOp::Lock, 1, FaultRepeat::Once));
+    let e = f.lock(&cx, LockLevel::Shared).unwrap_err();
+    let lock_line = line!() - 1;
+    assert_eq!(io_op(&e), "lock");
+    f.lock(&cx, LockLevel::Shared).unwrap();
+    let fired = vfs.take_fired_faults();
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!((fired[0].op, fired[0].line), (FaultOp::Lock, lock_line));
+    assert!(vfs.fired_faults().is_empty());
+
+    // A shm lock fault; releases never fail.
+    vfs.inject(Fault::fail(FaultOp::ShmLock, 1, FaultRepeat::Persistent));
+    let e = f.shm_lock(&cx, 0, 1, SHM_LOCK | SHM_EXCLUSIVE).unwrap_err();
+    assert_eq!(io_op(&e), "shm_lock");
+    f.shm_lock(&cx, 0, 1, SHM_UNLOCK | SHM_EXCLUSIVE).unwrap();
+    vfs.clear_faults();
+    f.shm_lock(&cx, 0, 1, SHM_LOCK | SHM_EXCLUSIVE).unwrap();
+
+    // Through a plain wrapper the site is the wrapper's call.
+    let mut w = Forward(open(&vfs, "/other"));
+    vfs.inject(Fault::fail(FaultOp::Write, 1, FaultRepeat::Once));
+    assert!(w.write(&cx, b"x", 0).is_err());
+    let fired = vfs.take_fired_faults();
+    assert!(
+        fired[0].file.ends_with("memory_faults.rs"),
+        "wrapper site {fired:?}"
+    );
+}

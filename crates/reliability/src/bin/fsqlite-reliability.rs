@@ -7,11 +7,17 @@
 //! fsqlite-reliability crash-sim --seed S --workload W --case K [--round R] [--variants D]
 //! fsqlite-reliability io-fault --seed S --workload W --kind K --mode once|persistent --site N
 //! fsqlite-reliability diff-case --seed S --case C
+//! fsqlite-reliability coverage [--budget-secs N] [--seed S] [--out-md PATH]
+//! fsqlite-reliability concurrent [--budget-secs N] [--seed S]   (both concurrent harnesses)
 //! fsqlite-reliability corpus --dir fuzz/corpus --per-target N [--seed S]
 //! fsqlite-reliability fuzz-bodies --secs N [--seed S]     (in-process fuzz bodies)
 //! ```
 //!
-//! `all` splits the budget: 50% crash simulation, 30% I/O-error sweep, 20% differential.
+//! `all` splits the budget: 38% crash simulation, 12% concurrent crash simulation (8
+//! threads; 2 members x 4 threads), 15% I/O-error sweep, 15% concurrent I/O-error sweep,
+//! 20% differential; `--concurrent-share F` moves the concurrent shares (default 0.27 of
+//! the crash + fault time). `coverage` runs both I/O-error sweeps and prints the table of
+//! every I/O call site ([`fsqlite_reliability::coverage`]).
 //! Exit status 1 when any harness found a failure.
 
 #![allow(
@@ -24,7 +30,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use fsqlite_reliability::fuzz_bodies::{TARGETS, generate, run_target};
-use fsqlite_reliability::{HarnessReport, crashsim, diff, iofault, report};
+use fsqlite_reliability::{HarnessReport, concurrent, coverage, crashsim, diff, iofault, report};
 use fsqlite_testkit::rng::{Rng, parse_seed};
 use serde_json::{Value, json};
 
@@ -69,16 +75,29 @@ fn all(args: &[String]) -> Result<bool, String> {
         "--threads",
         std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
     )? as usize;
+    let share = flag(args, "--concurrent-share")
+        .map_or(Ok(0.27), str::parse::<f64>)
+        .map_err(|e| format!("--concurrent-share takes a fraction: {e}"))?
+        .clamp(0.0, 1.0);
     let start = Instant::now();
-    let mut cs_cfg = crashsim::CrashSimConfig::new(seed, budget.mul_f64(0.5));
+    let mut cs_cfg = crashsim::CrashSimConfig::new(seed, budget.mul_f64(0.5 * (1.0 - share)));
     cs_cfg.threads = threads;
     eprintln!("crash simulation: {:?} on {threads} threads", cs_cfg.budget);
     let cs = crashsim::run(&cs_cfg);
+    let cc_cfg = concurrent::ConcurrentConfig::new(seed, budget.mul_f64(0.5 * share));
+    eprintln!("concurrent crash simulation: {:?}", cc_cfg.budget);
+    let cc = concurrent::run_crash(&cc_cfg);
     let left = budget.saturating_sub(start.elapsed());
-    let mut io_cfg = iofault::IoFaultConfig::new(seed, left.mul_f64(0.6));
+    let mut io_cfg = iofault::IoFaultConfig::new(seed, left.mul_f64(0.6 * (1.0 - share)));
     io_cfg.threads = threads;
     eprintln!("I/O-error sweep: {:?}", io_cfg.budget);
     let io = iofault::run(&io_cfg);
+    let left = budget.saturating_sub(start.elapsed());
+    let ci_cfg =
+        concurrent::ConcurrentConfig::new(seed, left.mul_f64(0.6 * share / (0.6 * share + 0.4)));
+    eprintln!("concurrent I/O-error sweep: {:?}", ci_cfg.budget);
+    let ci = concurrent::run_faults(&ci_cfg, 4096);
+    let cov = coverage_of(&io, &ci);
     let left = budget
         .saturating_sub(start.elapsed())
         .max(Duration::from_secs(5));
@@ -96,7 +115,7 @@ fn all(args: &[String]) -> Result<bool, String> {
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
-    let failures: Vec<String> = [&cs, &io, &df]
+    let failures: Vec<String> = [&cs, &cc, &io, &ci, &df]
         .iter()
         .flat_map(|r| r.failures.iter().map(ToString::to_string))
         .collect();
@@ -112,16 +131,22 @@ fn all(args: &[String]) -> Result<bool, String> {
         "machine": report::machine(),
         "sqlite_version": format!("(SQLite {})", rusqlite_version()),
         "crashsim": cs.stats,
+        "crashsim_concurrent": cc.stats,
         "iofault": io.stats,
+        "iofault_concurrent": ci.stats,
+        "coverage": cov,
         "diff": df.stats,
         "fuzz": fuzz,
         "kill9": kill9,
         "failures": failures,
-        "failure_count": cs.failure_count + io.failure_count + df.failure_count,
+        "failure_count": cs.failure_count + cc.failure_count + io.failure_count + ci.failure_count + df.failure_count,
     });
     for (name, v) in [
         ("crashsim", &combined["crashsim"]),
+        ("crashsim_concurrent", &combined["crashsim_concurrent"]),
         ("iofault", &combined["iofault"]),
+        ("iofault_concurrent", &combined["iofault_concurrent"]),
+        ("coverage", &combined["coverage"]),
         ("diff", &combined["diff"]),
     ] {
         let _ = fsqlite_testkit::stats::write_stats(name, v.clone());
@@ -146,19 +171,106 @@ fn all(args: &[String]) -> Result<bool, String> {
     } else {
         println!("{md}");
     }
-    for r in [&cs, &io, &df] {
+    for r in [&cs, &cc, &io, &ci, &df] {
         if !r.passed() {
             eprintln!("{}", r.failure_text());
         }
     }
-    let failed = cs.failure_count + io.failure_count + df.failure_count;
+    let failed = cs.failure_count
+        + cc.failure_count
+        + io.failure_count
+        + ci.failure_count
+        + df.failure_count;
     eprintln!(
-        "reliability: {} crash recoveries verified, {} faults injected, {} differential checks; {failed} failure(s)",
+        "reliability: {} + {} concurrent crash recoveries verified, {} + {} concurrent faults injected, {} differential checks, fault coverage {}% of {} reached sites; {failed} failure(s)",
         combined["crashsim"]["recoveries_verified"],
+        combined["crashsim_concurrent"]["recoveries_verified"],
         combined["iofault"]["faults_injected"],
-        combined["diff"]["checks"]
+        combined["iofault_concurrent"]["faults_injected"],
+        combined["diff"]["checks"],
+        combined["coverage"]["coverage_pct"],
+        combined["coverage"]["sites_reached"]
     );
     Ok(failed == 0)
+}
+
+/// The workspace root (this crate is `<root>/crates/reliability`).
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("..")
+}
+
+/// The coverage table of both I/O-error sweeps, joined with the source scan.
+fn coverage_of(io: &HarnessReport, ci: &HarnessReport) -> Value {
+    let mut c = fsqlite_reliability::Counters::default();
+    for r in [io, ci] {
+        if let Some(obj) = r.stats["totals"].as_object() {
+            for (k, v) in obj {
+                if k.starts_with("cov|") {
+                    c.add(k, v.as_u64().unwrap_or(0));
+                }
+            }
+        }
+    }
+    let rows = coverage::table(&c, &coverage::scan_sources(&workspace_root()));
+    let mut v = coverage::to_json(&rows);
+    v["markdown"] = Value::from(coverage::to_markdown(&rows));
+    v
+}
+
+/// `coverage`: both I/O-error sweeps, then the table (Markdown) on stdout or to a file.
+fn coverage_cmd(args: &[String]) -> Result<bool, String> {
+    let budget = Duration::from_secs(num(args, "--budget-secs", 240)?);
+    let seed = num(args, "--seed", DEFAULT_SEED)?;
+    let mut io_cfg = iofault::IoFaultConfig::new(seed, budget.mul_f64(0.5));
+    io_cfg.threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    eprintln!(
+        "I/O-error sweep (every kind, every workload): {:?}",
+        io_cfg.budget
+    );
+    let io = iofault::run(&io_cfg);
+    let ci_cfg = concurrent::ConcurrentConfig::new(seed, budget.mul_f64(0.5));
+    eprintln!("concurrent I/O-error sweep: {:?}", ci_cfg.budget);
+    let ci = concurrent::run_faults(&ci_cfg, 4096);
+    let cov = coverage_of(&io, &ci);
+    let _ = fsqlite_testkit::stats::write_stats("coverage", cov.clone());
+    let md = cov["markdown"].as_str().unwrap_or_default().to_owned();
+    if let Some(p) = flag(args, "--out-md") {
+        std::fs::write(p, &md).map_err(|e| format!("write {p}: {e}"))?;
+        eprintln!("wrote {p}");
+    } else {
+        println!("{md}");
+    }
+    for r in [&io, &ci] {
+        if !r.passed() {
+            eprintln!("{}", r.failure_text());
+        }
+    }
+    eprintln!(
+        "coverage: {} of {} reached sites injected fail-once and fail-always ({}%); {} + {} faults, {} + {} failures",
+        cov["sites_covered"],
+        cov["sites_reached"],
+        cov["coverage_pct"],
+        io.stats["faults_injected"],
+        ci.stats["faults_injected"],
+        io.failure_count,
+        ci.failure_count
+    );
+    Ok(io.passed() && ci.passed())
+}
+
+/// `concurrent`: the concurrent crash simulation and I/O-error sweep, half the budget each.
+fn concurrent_cmd(args: &[String]) -> Result<bool, String> {
+    let budget = Duration::from_secs(num(args, "--budget-secs", 60)?);
+    let seed = num(args, "--seed", DEFAULT_SEED)?;
+    let cc = concurrent::run_crash(&concurrent::ConcurrentConfig::new(seed, budget / 2));
+    print_report(&cc);
+    let ci = concurrent::run_faults(&concurrent::ConcurrentConfig::new(seed, budget / 2), 4096);
+    print_report(&ci);
+    let _ = fsqlite_testkit::stats::write_stats("crashsim_concurrent", cc.stats.clone());
+    let _ = fsqlite_testkit::stats::write_stats("iofault_concurrent", ci.stats.clone());
+    Ok(cc.passed() && ci.passed())
 }
 
 /// The bundled SQLite's version, through the testkit oracle (an in-memory database).
@@ -261,9 +373,11 @@ fn main() -> ExitCode {
             print_report(&r);
             Ok(r.passed())
         })(),
+        Some("coverage") => coverage_cmd(&args),
+        Some("concurrent") => concurrent_cmd(&args),
         Some("corpus") => corpus(&args),
         Some("fuzz-bodies") => fuzz_bodies(&args),
-        _ => Err("usage: fsqlite-reliability <all | crash-sim | io-fault | diff-case | corpus | fuzz-bodies> [flags] (see the source header)".into()),
+        _ => Err("usage: fsqlite-reliability <all | crash-sim | io-fault | diff-case | coverage | concurrent | corpus | fuzz-bodies> [flags] (see the source header)".into()),
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,
