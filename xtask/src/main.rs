@@ -7,7 +7,9 @@
 //! | `bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep]` | recovery and TRUNCATE checkpoint side by side with SQLite on identical WAL copies (release; see `xtask/src/bench_vs_sqlite.rs` and `docs/BENCHMARKS.md`) |
 //! | `bench-concurrent [--secs S] [--quick] [--writers 1,8] [--sync full,normal] [--pattern disjoint,random,hot] [--rows N] [--rounds N] [--dir DIR] [--keep] [--sqlite-autocheckpoint N] [--side ours|sqlite] [--processes 1,2,4]` | `BEGIN CONCURRENT` writers side by side with SQLite, one connection per thread (release; see `xtask/src/bench_concurrent.rs` and `docs/BENCHMARKS.md`) |
 //! | `kill9 [--budget-secs N] [--seed S] [--keep-going]` | the multi-process kill -9 soak (release) until the budget ends; writes `target/test-stats/kill9.json` (see [`kill9`]) |
-//! | `reliability [--budget-secs N] [--seed S]`, `crash-sim`, `io-fault`, `diff-case`, `fuzz [--budget-secs N]` | the reliability suite and its replays (see [`reliability`]) |
+//! | `kill9 --concurrent [--budget-secs N] [--seed S]` | the kill -9 soak of `BEGIN CONCURRENT` writers, one process of 8 threads or 2-4 member processes (release) until the budget ends; writes `target/test-stats/kill9_concurrent.json` (see [`kill9`]) |
+//! | `reliability [--budget-secs N] [--seed S] [--coverage]`, `crash-sim`, `io-fault`, `diff-case`, `fuzz [--budget-secs N]` | the reliability suite, the fault-coverage table, and the replays (see [`reliability`]) |
+//! | `soak [--minutes N] [--seed S] [--round-minutes R] [--no-docs]` | every harness in rounds for N minutes (default 60) with a progress line; writes `docs/SOAK.md`, the soak section of `docs/RELIABILITY.md` and `target/test-stats/soak.json` (see [`soak`]) |
 //!
 //! Long runs live here, never in CI: each takes a budget and writes its figures.
 
@@ -15,6 +17,7 @@ mod bench_concurrent;
 mod bench_vs_sqlite;
 mod kill9;
 mod reliability;
+mod soak;
 
 use std::env;
 use std::process::{Command, ExitCode};
@@ -50,6 +53,25 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     } else {
         Err(format!("{cmd:?} failed with {status}"))
     }
+}
+
+/// Set by `cargo xtask soak`: the harness builds use the `soak` profile.
+static SOAK_PROFILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The profile flags of the harness builds (kill -9 soaks, the reliability binary):
+/// `--release`, or `--profile soak` (release with debug assertions and overflow checks,
+/// see the workspace `Cargo.toml`) once [`use_soak_profile`] ran.
+pub(crate) fn release_args() -> &'static [&'static str] {
+    if SOAK_PROFILE.load(std::sync::atomic::Ordering::Relaxed) {
+        &["--profile", "soak"]
+    } else {
+        &["--release"]
+    }
+}
+
+/// Makes [`release_args`] name the `soak` profile.
+pub(crate) fn use_soak_profile() {
+    SOAK_PROFILE.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn cargo() -> Command {
@@ -95,11 +117,12 @@ fn ci() -> Result<(), String> {
         package.args(["-p", krate]);
     }
     run(&mut package)?;
-    loom(2)
+    loom(2)?;
+    soak::run(&["--minutes".into(), "2".into(), "--no-docs".into()])
 }
 
 fn usage() -> String {
-    "usage: cargo xtask <ci | loom [--bound N] | bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep] | bench-concurrent [--secs S] [--quick] [--writers 1,8] [--sync full,normal] [--pattern disjoint,random,hot] [--rows N] [--rounds N] [--dir DIR] [--keep] [--sqlite-autocheckpoint N] [--side ours|sqlite] [--processes 1,2,4] | kill9 [--budget-secs N] [--seed S] | reliability [--budget-secs N] [--seed S] | crash-sim --seed S --workload W --case K | io-fault ... | diff-case --seed S --case C | fuzz [--budget-secs N]>"
+    "usage: cargo xtask <ci | loom [--bound N] | bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep] | bench-concurrent [--secs S] [--quick] [--writers 1,8] [--sync full,normal] [--pattern disjoint,random,hot] [--rows N] [--rounds N] [--dir DIR] [--keep] [--sqlite-autocheckpoint N] [--side ours|sqlite] [--processes 1,2,4] | kill9 [--concurrent] [--budget-secs N] [--seed S] [--keep-going] | reliability [--budget-secs N] [--seed S] [--coverage] | soak [--minutes N] [--seed S] [--round-minutes R] [--no-docs] | crash-sim --seed S --workload W --case K | io-fault ... | diff-case --seed S --case C | fuzz [--budget-secs N]>"
         .to_string()
 }
 
@@ -127,6 +150,7 @@ fn main() -> ExitCode {
         Some("bench-concurrent") => bench_concurrent::run(&args[1..]),
         Some("kill9") => kill9::run(&args[1..]),
         Some("reliability") => reliability::reliability(&args[1..]),
+        Some("soak") => soak::run(&args[1..]),
         Some("fuzz") => reliability::fuzz(&args[1..]),
         Some(sub @ ("crash-sim" | "io-fault" | "diff-case")) => {
             reliability::passthrough(sub, &args[1..])

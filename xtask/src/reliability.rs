@@ -5,6 +5,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
+//! | `reliability --coverage [--budget-secs N] [--seed S]` | both I/O-error sweeps (single writer; concurrent writers), then the table of every I/O call site of the WAL and the coordinator: fail-once and fail-always injected or not, and what the caller did ([`fsqlite_reliability::coverage`]) |
 //! | `reliability [--budget-secs N] [--seed S] [--no-kill9] [--no-fuzz]` | the kill -9 soak (10% of the budget, `cargo xtask kill9`), fuzzing (20%; installs cargo-fuzz if missing), then crash simulation (35%), I/O-error sweep (21%) and differential recovery vs SQLite (14%); build times are not counted; writes `docs/RELIABILITY.md` and `target/test-stats/reliability.json` (every stats file goes to `fsqlite_testkit::stats::stats_dir()`) |
 //! | `crash-sim --seed S --workload W --case K [--round R]` | replays one crash-simulation case |
 //! | `io-fault --seed S --workload W --kind K --mode once\|persistent --site N` | replays one fault site |
@@ -30,7 +31,7 @@ pub const FUZZ_TARGETS: [&str; 5] = [
 const DEFAULT_SEED: &str = "0x72656c6961622121";
 
 /// The workspace root (xtask's manifest dir is `<root>/xtask`).
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
@@ -51,18 +52,19 @@ fn budget(args: &[String], default: u64) -> Result<u64, String> {
 }
 
 /// `cargo run --release -p fsqlite-reliability --bin fsqlite-reliability -- <args>`.
-fn reliability_bin(args: &[&str]) -> Result<(), String> {
+pub(crate) fn reliability_bin(args: &[&str]) -> Result<(), String> {
     let mut c = cargo();
-    c.current_dir(root()).args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "fsqlite-reliability",
-        "--bin",
-        "fsqlite-reliability",
-        "--",
-    ]);
+    c.current_dir(root())
+        .arg("run")
+        .args(crate::release_args())
+        .args([
+            "--quiet",
+            "-p",
+            "fsqlite-reliability",
+            "--bin",
+            "fsqlite-reliability",
+            "--",
+        ]);
     c.args(args);
     run(&mut c)
 }
@@ -144,7 +146,7 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
 /// Runs every fuzz target for `total / 5` seconds; writes `target/test-stats/fuzz.json`
 /// and returns its path. Crashes are recorded (artifacts stay in `fuzz/artifacts/`) and
 /// make the command fail after every target ran.
-fn fuzz_for(total: u64) -> Result<PathBuf, String> {
+pub(crate) fn fuzz_for(total: u64) -> Result<PathBuf, String> {
     let root = root();
     if !have_cargo_fuzz() {
         eprintln!("xtask: cargo-fuzz is missing; installing it (a few minutes)");
@@ -243,6 +245,12 @@ fn fuzz_for(total: u64) -> Result<PathBuf, String> {
 
 /// `cargo xtask reliability [--budget-secs N] [--seed S] [--no-fuzz] [--no-kill9]`.
 pub fn reliability(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|a| a == "--coverage") {
+        // The fault-coverage table: both I/O-error sweeps, every call site.
+        let b = budget(args, 240)?.to_string();
+        let seed = flag(args, "--seed").unwrap_or(DEFAULT_SEED);
+        return reliability_bin(&["coverage", "--budget-secs", &b, "--seed", seed]);
+    }
     let total = budget(args, 300)?;
     let seed = flag(args, "--seed").unwrap_or(DEFAULT_SEED);
     let root = root();

@@ -986,7 +986,7 @@ impl<V: Vfs> HybridShared<V> {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!(target: TRACE, error = %e, "WAL restart failed; appending to the current WAL");
+                    tracing::warn!(target: TRACE, error = %e, "WAL restart failed; the coordinator refuses further commits until it is reopened");
                 }
             }
             let txns: Vec<GroupedCommit<'_>> = accepted

@@ -1739,9 +1739,16 @@ impl<V: Vfs> Hybrid<V> {
             return Ok(false);
         }
         let r = self.restart_locked(cx, &r0);
-        if r.is_ok() {
-            self.truncate_on_commit = true;
-            on_restart();
+        match &r {
+            Ok(()) => {
+                self.truncate_on_commit = true;
+                on_restart();
+            }
+            // The WAL file may already be in its new generation (in memory, or on disk
+            // without its sync) while the legacy header still names the old one: appending
+            // to either would be a guess. Refuse further commits until a reopen recovers
+            // from what the disk holds.
+            Err(e) => self.latch(e),
         }
         let unlocked = locks::unlock_exclusive(&mut self.db, cx, wal_read_lock(1), readers);
         r?;

@@ -92,21 +92,65 @@ pub struct Scenario {
     pub threads: u64,
     /// Transfers per thread.
     pub txns: u64,
+    /// A plain `fsqlite_wal::Wal` connection (a legacy SQLite process, as far as the
+    /// coordinator can tell) runs PASSIVE checkpoints while the writers run, so the
+    /// coordinator restarts the WAL; with `journal_limit` the restart cuts the file back.
+    pub checkpointer: bool,
+    /// `Coordinator::set_journal_size_limit`.
+    pub journal_limit: Option<u64>,
+    /// The first writer thread itself runs a PASSIVE checkpoint through a plain `Wal`
+    /// after every second one of its transfers (deterministic where `checkpointer` is timing: with one
+    /// thread, every run restarts the WAL at the same operations).
+    pub serial_checkpoint: bool,
+    /// The first thread asks the coordinator for its `status` at the start, and runs one
+    /// attempt on an older snapshot (`begin_concurrent_at` with the handle of its first
+    /// transaction).
+    pub engine_calls: bool,
 }
 
-/// The scenarios: one coordinator with 8 threads; 2 members × 4 threads.
-pub const SCENARIOS: [Scenario; 2] = [
+/// The scenarios: one coordinator with 8 threads; 2 members × 4 threads; 4 threads beside
+/// a legacy checkpointer, with a journal size limit; one thread that checkpoints after
+/// every transfer (so the coordinator restarts the WAL at the same points every run).
+pub const SCENARIOS: [Scenario; 4] = [
     Scenario {
         name: "threads8",
         members: 1,
         threads: 8,
         txns: 3,
+        checkpointer: false,
+        journal_limit: None,
+        serial_checkpoint: false,
+        engine_calls: true,
     },
     Scenario {
         name: "members2x4",
         members: 2,
         threads: 4,
         txns: 3,
+        checkpointer: false,
+        journal_limit: None,
+        serial_checkpoint: false,
+        engine_calls: true,
+    },
+    Scenario {
+        name: "threads4_checkpointer",
+        members: 1,
+        threads: 4,
+        txns: 4,
+        checkpointer: true,
+        journal_limit: Some(2 * (4096 + 24)),
+        serial_checkpoint: false,
+        engine_calls: true,
+    },
+    Scenario {
+        name: "serial_restart",
+        members: 1,
+        threads: 1,
+        txns: 6,
+        checkpointer: false,
+        journal_limit: Some(4096 + 24),
+        serial_checkpoint: true,
+        engine_calls: false,
     },
 ];
 
@@ -360,7 +404,8 @@ fn page_of(bank: &Bank, id: i64) -> Result<PageNumber> {
 
 /// Runs every member's threads to completion (or to their first error); returns every
 /// attempt and the first error each thread stopped on.
-pub fn run_workload<V: Vfs>(
+pub fn run_workload<V: Vfs + Clone>(
+    vfs: &V,
     coords: &[Coordinator<V>],
     bank: &Bank,
     s: &Scenario,
@@ -369,13 +414,74 @@ pub fn run_workload<V: Vfs>(
     let errors = Mutex::new(Vec::new());
     let next_id = AtomicU64::new(1);
     let ps = bank.page_size as usize;
+    let writers_done = AtomicBool::new(false);
+    let running = AtomicU64::new(coords.len() as u64 * s.threads);
+    if let Some(limit) = s.journal_limit {
+        for c in coords {
+            c.set_journal_size_limit(Some(limit));
+        }
+    }
     std::thread::scope(|scope| {
+        if s.checkpointer {
+            let (errors, writers_done) = (&errors, &writers_done);
+            scope.spawn(move || {
+                let cx = Cx::new();
+                let mut wal = match fsqlite_wal::Wal::open(
+                    &cx,
+                    Arc::new(vfs.clone()),
+                    DB,
+                    checkpointer_options(),
+                ) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        lock(errors).push(format!("checkpointer open: {e}"));
+                        return;
+                    }
+                };
+                while !writers_done.load(Ordering::Acquire) {
+                    match wal.checkpoint(&cx, fsqlite_wal::CheckpointMode::Passive) {
+                        Ok(_) | Err(fsqlite_error::FrankenError::Busy) => {}
+                        Err(e) if e.extended_code() & 0xff == 5 => {}
+                        Err(e) => {
+                            lock(errors).push(format!("checkpointer: {e}"));
+                            return;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+            });
+        }
         for (m, coord) in coords.iter().enumerate() {
             for t in 0..s.threads {
                 let (log, errors, next_id) = (&log, &errors, &next_id);
+                let (running, writers_done) = (&running, &writers_done);
                 let gt = m as u64 * s.threads + t;
                 scope.spawn(move || {
+                    let _last_out = LastOut(running, writers_done);
                     let cx = Cx::new();
+                    let mut snapshot = None;
+                    if s.engine_calls
+                        && gt == 0
+                        && let Err(e) = coord.status(&cx)
+                    {
+                        lock(errors).push(format!("status: {e}"));
+                        return;
+                    }
+                    let mut serial = None;
+                    if s.serial_checkpoint && gt == 0 {
+                        match fsqlite_wal::Wal::open(
+                            &cx,
+                            Arc::new(vfs.clone()),
+                            DB,
+                            checkpointer_options(),
+                        ) {
+                            Ok(w) => serial = Some(w),
+                            Err(e) => {
+                                lock(errors).push(format!("checkpointer open: {e}"));
+                                return;
+                            }
+                        }
+                    }
                     'txns: for k in 0..s.txns {
                         let (from, to) = accounts_of(gt, k);
                         let amount = (gt * 10 + k + 1) as i64;
@@ -386,7 +492,8 @@ pub fn run_workload<V: Vfs>(
                                 writes: Vec::new(),
                                 outcome: Outcome::NotSubmitted,
                             };
-                            let r = transfer(coord, &cx, bank, ps, from, to, amount, &mut at);
+                            let snap = (gt == 0 && s.engine_calls).then_some(&mut snapshot);
+                            let r = transfer(coord, &cx, bank, ps, from, to, amount, &mut at, snap);
                             let retry = matches!(at.outcome, Outcome::Conflict);
                             lock(log).push(at);
                             if let Err(e) = r {
@@ -394,6 +501,16 @@ pub fn run_workload<V: Vfs>(
                                 break 'txns;
                             }
                             if !retry {
+                                // Every second transfer, so the WAL has grown past what the
+                                // restarted one needs and the journal limit trims it.
+                                if let Some(w) = serial.as_mut()
+                                    && k % 2 == 1
+                                    && let Err(e) =
+                                        w.checkpoint(&cx, fsqlite_wal::CheckpointMode::Passive)
+                                {
+                                    lock(errors).push(format!("checkpointer: {e}"));
+                                    break 'txns;
+                                }
                                 continue 'txns;
                             }
                         }
@@ -412,6 +529,28 @@ pub fn run_workload<V: Vfs>(
     )
 }
 
+/// The options of the legacy checkpointer's `Wal` connection.
+fn checkpointer_options() -> fsqlite_wal::WalOptions {
+    fsqlite_wal::WalOptions {
+        busy_timeout: Duration::ZERO,
+        auto_checkpoint: None,
+        checkpoint_on_close: false,
+        ..fsqlite_wal::WalOptions::default()
+    }
+}
+
+/// Counts a writer thread out when it ends (also by a panic); the last one tells the
+/// checkpointer to stop.
+struct LastOut<'a>(&'a AtomicU64, &'a AtomicBool);
+
+impl Drop for LastOut<'_> {
+    fn drop(&mut self) {
+        if self.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.1.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// One attempt; `Err` when the thread should stop (anything but a conflict).
 #[allow(clippy::too_many_arguments, reason = "internal")]
 fn transfer<V: Vfs>(
@@ -423,8 +562,26 @@ fn transfer<V: Vfs>(
     to: i64,
     amount: i64,
     at: &mut Attempt,
+    snapshot: Option<&mut Option<fsqlite_wal::WalSnapshot>>,
 ) -> Result<()> {
-    let mut txn = coord.begin_concurrent(cx)?;
+    let mut txn = match snapshot.as_ref().and_then(|s| s.as_ref()) {
+        // An older snapshot (engine feature): validated against everything since.
+        Some(snap) => match coord.begin_concurrent_at(cx, snap) {
+            Ok(t) => t,
+            Err(fsqlite_error::FrankenError::SnapshotUnavailable { .. }) => {
+                coord.begin_concurrent(cx)?
+            }
+            Err(e) => return Err(e),
+        },
+        None => coord.begin_concurrent(cx)?,
+    };
+    if let Some(slot) = snapshot {
+        // Keep the first snapshot seen; use it once.
+        *slot = match slot.take() {
+            Some(_) => None,
+            None => Some(txn.snapshot()),
+        };
+    }
     let mut bufs = [vec![0u8; ps], vec![0u8; ps]];
     for (acct, buf) in [from, to].into_iter().zip(bufs.iter_mut()) {
         txn.read_page(cx, page_of(bank, acct)?, buf)?;
@@ -573,7 +730,7 @@ pub fn verify(
         writes: Vec::new(),
         outcome: Outcome::NotSubmitted,
     };
-    transfer(&coord, &cx, bank, ps, 3, 4, 1, &mut at)
+    transfer(&coord, &cx, bank, ps, 3, 4, 1, &mut at, None)
         .map_err(|e| format!("commit after recovery: {e}"))?;
     coord
         .read_page(&cx, page_of(bank, 3).map_err(|e| e.to_string())?, &mut buf)
@@ -708,7 +865,7 @@ pub fn run_crash(cfg: &ConcurrentConfig) -> HarnessReport {
         let n = match open_members(&vfs, s) {
             Ok(coords) => {
                 vfs.ctl.counting.store(true, Ordering::Release);
-                let (log, errors) = run_workload(&coords, &bank, s);
+                let (log, errors) = run_workload(&vfs, &coords, &bank, s);
                 vfs.ctl.counting.store(false, Ordering::Release);
                 if !errors.is_empty() || acked(&log) != s.members as u64 * s.threads * s.txns {
                     failures.push(failure(
@@ -779,7 +936,7 @@ pub fn run_crash(cfg: &ConcurrentConfig) -> HarnessReport {
                 };
                 vfs.ctl.armed.store(k, Ordering::Release);
                 vfs.ctl.counting.store(true, Ordering::Release);
-                let run = catch_unwind(AssertUnwindSafe(|| run_workload(&coords, &bank, s)));
+                let run = catch_unwind(AssertUnwindSafe(|| run_workload(&vfs, &coords, &bank, s)));
                 vfs.ctl.counting.store(false, Ordering::Release);
                 let (log, _errors) = match run {
                     Ok(r) => r,
@@ -955,7 +1112,7 @@ pub fn run_faults(cfg: &ConcurrentConfig, max_sites: u64) -> HarnessReport {
         mem.set_contents(Path::new(DB), &image);
         mem.record_sites(true);
         if let Ok(coords) = open_members(&mem, s) {
-            let _ = run_workload(&coords, &bank, s);
+            let _ = run_workload(&mem, &coords, &bank, s);
             let cx = Cx::new();
             for c in coords {
                 let _ = c.close(&cx);
@@ -983,7 +1140,7 @@ pub fn run_faults(cfg: &ConcurrentConfig, max_sites: u64) -> HarnessReport {
                         let coords = open_members(&mem, s);
                         match coords {
                             Ok(coords) => {
-                                let (log, mut errors) = run_workload(&coords, &bank, s);
+                                let (log, mut errors) = run_workload(&mem, &coords, &bank, s);
                                 // Close too: the last member checkpoints.
                                 let cx = Cx::new();
                                 for c in coords {
@@ -1024,7 +1181,9 @@ pub fn run_faults(cfg: &ConcurrentConfig, max_sites: u64) -> HarnessReport {
                     } else {
                         Response::Absorbed
                     };
-                    record_response(&mut totals, &fired[0], repeat, response);
+                    for site in crate::iofault::distinct_sites(fired.clone(), repeat) {
+                        record_response(&mut totals, &site, repeat, response);
+                    }
                     mem.clear_faults();
                     for (label, img) in [
                         ("reopen", mem.fork()),

@@ -250,6 +250,23 @@ struct SiteParams<'a> {
     worker: usize,
 }
 
+/// The sites a fault hit: the first for fail-once, every distinct one for fail-always.
+pub fn distinct_sites(
+    fired: Vec<fsqlite_vfs::IoSite>,
+    repeat: FaultRepeat,
+) -> Vec<fsqlite_vfs::IoSite> {
+    let mut out: Vec<fsqlite_vfs::IoSite> = Vec::new();
+    for s in fired {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+        if repeat == FaultRepeat::Once {
+            break;
+        }
+    }
+    out
+}
+
 /// One run with the fault at site `n`.
 fn run_site(
     p: &SiteParams<'_>,
@@ -304,7 +321,8 @@ fn run_site(
     }
     let mut model = out.model;
     let mut conn = out.conn;
-    let hit = vfs.take_fired_faults().first().copied();
+    // Fail-once hits one site; fail-always hits every site it fails from the n-th on.
+    let hits = distinct_sites(vfs.take_fired_faults(), p.repeat);
     let mut response = if out.error.is_some() {
         Response::Error
     } else {
@@ -358,7 +376,7 @@ fn run_site(
             repeat_name(p.repeat)
         ));
         counters.inc("faults_injected");
-        if let Some(site) = &hit {
+        for site in &hits {
             record_response(counters, site, p.repeat, response);
         }
     }

@@ -28,6 +28,10 @@
 //! | `shm_loss` | the live -shm zeroed, garbaged, torn, given a bad checksum, deleted |
 //! | `reader_snapshot` | a second connection holds a snapshot across commits and PASSIVE/RESTART checkpoints |
 //! | `close_reopen` | the last connection closes (checkpoint, delete -wal/-shm), reopen |
+//! | `journal_limit` | `journal_size_limit` of 3 frames: the `-wal` cut back after checkpoints and restarts |
+//! | `exclusive_mode` | EXCLUSIVE locking mode for commits and a checkpoint, then NORMAL again |
+//! | `snapshot_handle` | a snapshot handle taken, commits, `recover_snapshots`, `begin_read_at` reads the old state |
+//! | `big_wal` | 65536-byte pages, 8.9 MiB of WAL, `-shm` deleted, reopen: the parallel recovery scan |
 //!
 //! # The runner
 //!
@@ -48,7 +52,7 @@ use fsqlite_testkit::rng::Rng;
 use fsqlite_types::{Cx, PageNumber, VfsOpenFlags};
 use fsqlite_vfs::{Vfs, VfsFile};
 use fsqlite_wal::wal_index::{WAL_INDEX_VERSION, WALINDEX_PGSZ, WalIndexHdr};
-use fsqlite_wal::{CheckpointMode, ReadTxn, SyncMode, Wal, WalOptions};
+use fsqlite_wal::{CheckpointMode, LockingMode, ReadTxn, SyncMode, Wal, WalOptions};
 
 use crate::model::{Model, Observed, page_digest, page_image};
 
@@ -82,6 +86,15 @@ pub enum Step {
     ReaderHold(Vec<Step>),
     /// Read every page through the writer and compare with the last acknowledged state.
     Verify,
+    /// `Wal::set_journal_size_limit` on the writer.
+    JournalLimit(Option<u64>),
+    /// `Wal::set_locking_mode` on the writer: `true` EXCLUSIVE, `false` NORMAL.
+    Exclusive(bool),
+    /// A second connection takes a snapshot handle (`ReadTxn::snapshot`) and ends its read
+    /// transaction; the nested steps run on the writer (no checkpoint among them); then
+    /// the second connection recovers the snapshots (`Wal::recover_snapshots`), opens the
+    /// handle (`Wal::begin_read_at`) and must read exactly the state it was taken at.
+    SnapshotHold(Vec<Step>),
 }
 
 /// How [`Step::Shm`] (and the crash simulator, before a reopen) damages region 0 of the
@@ -168,7 +181,7 @@ impl Workload {
                 .iter()
                 .map(|s| match s {
                     Step::Commit { .. } => 1,
-                    Step::ReaderHold(inner) => count(inner),
+                    Step::ReaderHold(inner) | Step::SnapshotHold(inner) => count(inner),
                     _ => 0,
                 })
                 .sum()
@@ -487,6 +500,77 @@ pub fn all() -> Vec<Workload> {
         "close_reopen",
         "the last connection closes (checkpoint, delete -wal/-shm) and the database is reopened",
         2048,
+        b.take(),
+    ));
+
+    let mut b = Builder::new(13);
+    b.step(Step::JournalLimit(Some(3 * (1024 + 24))))
+        .grow(6, 0)
+        .grow(0, 4)
+        .ckpt(CheckpointMode::Passive)
+        .grow(0, 3)
+        .ckpt(CheckpointMode::Restart)
+        .grow(1, 2)
+        .ckpt(CheckpointMode::Full)
+        .grow(0, 2)
+        .step(Step::Verify);
+    out.push(workload(
+        "journal_limit",
+        "journal_size_limit of 3 frames: the WAL file is cut back after checkpoints and restarts",
+        1024,
+        b.take(),
+    ));
+
+    let mut b = Builder::new(14);
+    b.grow(3, 0)
+        .step(Step::Exclusive(true))
+        .grow(0, 2)
+        .grow(1, 1)
+        .ckpt(CheckpointMode::Passive)
+        .grow(0, 2)
+        .step(Step::Exclusive(false))
+        .grow(0, 1)
+        .step(Step::Verify);
+    out.push(workload(
+        "exclusive_mode",
+        "EXCLUSIVE locking mode (the -shm lock calls stop) for commits and a checkpoint, then back to NORMAL",
+        4096,
+        b.take(),
+    ));
+
+    let mut inner = Builder::new(15);
+    inner.db_size = 5;
+    inner.grow(0, 2).grow(1, 1).grow(0, 3);
+    let nested = inner.take();
+    let mut b = Builder::new(16);
+    // Backfilled first, then a commit that restarts the WAL: the handle, taken after it,
+    // reads most pages from the database file.
+    b.grow(5, 0)
+        .grow(0, 2)
+        .ckpt(CheckpointMode::Passive)
+        .grow(0, 1);
+    b.step(Step::SnapshotHold(nested));
+    b.db_size = inner.db_size;
+    b.grow(0, 2).step(Step::Verify);
+    out.push(workload(
+        "snapshot_handle",
+        "a snapshot handle taken, commits, the snapshots recovered and the handle opened (begin_read_at)",
+        2048,
+        b.take(),
+    ));
+
+    // More than PARALLEL_MIN_BYTES (8 MiB) of WAL: the reopen recovers with the parallel
+    // scan.
+    let mut b = Builder::new(17);
+    b.grow(8, 0);
+    for _ in 0..16 {
+        b.pages((1..=8).collect());
+    }
+    b.step(Step::ShmDelete).step(Step::Verify).grow(0, 2);
+    out.push(workload(
+        "big_wal",
+        "65536-byte pages, 136 frames (8.9 MiB of WAL), then the -shm deleted and a reopen: recovery scans the WAL in parallel chunks",
+        65_536,
         b.take(),
     ));
 
@@ -834,6 +918,45 @@ impl<V: Vfs> Runner<'_, V> {
                 self.live_checks += 1;
             }
             Step::Verify => self.check_latest(at, "live read")?,
+            Step::JournalLimit(limit) => self.writer(at)?.set_journal_size_limit(*limit),
+            Step::Exclusive(on) => {
+                let mode = if *on {
+                    LockingMode::Exclusive
+                } else {
+                    LockingMode::Normal
+                };
+                self.writer(at)?
+                    .set_locking_mode(cx, mode)
+                    .map_err(|e| err(at, "locking mode", e))?;
+            }
+            Step::SnapshotHold(inner) => {
+                self.writer(at)?;
+                let state = self.model.acked();
+                let mut reader = Wal::open(cx, Arc::clone(self.vfs), self.path, self.w.options())
+                    .map_err(|e| err(at, "open reader", e))?;
+                let ps = reader.page_size();
+                let snap = reader
+                    .begin_read(cx)
+                    .map_err(|e| err(at, "begin read", e))?
+                    .snapshot();
+                self.steps(inner, at)?;
+                reader
+                    .recover_snapshots(cx)
+                    .map_err(|e| err(at, "recover snapshots", e))?;
+                let max = self.max_pages();
+                let txn = reader
+                    .begin_read_at(cx, &snap)
+                    .map_err(|e| err(at, "begin read at a snapshot", e))?;
+                let obs =
+                    observe_txn(cx, &txn, ps, max).map_err(|e| err(at, "snapshot read", e))?;
+                self.snapshot_checks += 1;
+                let want = &self.model.states()[state];
+                if obs.db_size != want.db_size || obs.pages != *want.pages {
+                    return Err(Stop::Violation(format!(
+                        "a snapshot handle taken at state {state} reads another state after step {at}"
+                    )));
+                }
+            }
         }
         Ok(())
     }

@@ -22,6 +22,10 @@
 //! of the file) applies `pending` to `durable` and clears it; a **failed** `sync` (an
 //! injected fault) clears `pending` and resets `live` to `durable`, which is what Linux does
 //! after an `fsync` error (the dirty pages are marked clean and dropped; "fsyncgate").
+//! As Linux's `errseq_t` (4.13 and later), the error is also reported once to every other
+//! handle of the file that was open when it happened, at that handle's next `sync`: a
+//! process whose unsynced writes another process's failed fsync dropped is told so, and
+//! never acknowledges them. A handle opened after the error does not see it.
 //!
 //! # Directory entries
 //!
@@ -448,6 +452,8 @@ struct Inode {
     durable: Vec<u8>,
     live: Vec<u8>,
     pending: Vec<PendingOp>,
+    /// Failed syncs of this file so far (Linux's `errseq_t` of the mapping).
+    err_seq: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -464,6 +470,9 @@ struct HandleRec {
     level: LockLevel,
     holds_reserved: bool,
     shm: Option<ShmAttach>,
+    /// The inode's `err_seq` this handle has seen (sampled at open, as Linux's `struct
+    /// file` samples `f_wb_err`).
+    seen_err: u64,
 }
 
 #[derive(Debug)]
@@ -1361,6 +1370,7 @@ impl Vfs for MemoryVfs {
             }
         };
         let hid = st.next_id();
+        let seen_err = st.inodes.get(&inode).map_or(0, |i| i.err_seq);
         st.handles.insert(
             hid,
             HandleRec {
@@ -1369,6 +1379,7 @@ impl Vfs for MemoryVfs {
                 level: LockLevel::None,
                 holds_reserved: false,
                 shm: None,
+                seen_err,
             },
         );
         if delete_on_close && let Some(p) = &norm {
@@ -1598,9 +1609,26 @@ impl VfsFile for MemoryFile {
             let dropped = inode.pending.len();
             inode.pending.clear();
             inode.live.clone_from(&inode.durable);
+            inode.err_seq += 1;
+            let seq = inode.err_seq;
+            st.handle_mut(self.id)?.seen_err = seq;
             tracing::debug!(target: TRACE, path = ?self.path, dropped, "injected fsync failure dropped pending writes");
             return Err(injected("sync", self.path.as_deref()));
         }
+        // errseq: a writeback error is reported once to every descriptor that was open
+        // when it happened, at its next sync (Linux 4.13 and later), so a process whose
+        // writes another process's failed fsync dropped learns of it.
+        let seq = inode.err_seq;
+        let h = st.handle_mut(self.id)?;
+        if h.seen_err < seq {
+            h.seen_err = seq;
+            return Err(io_err(
+                "sync",
+                self.path.as_deref(),
+                "an earlier fsync of this file failed (reported to every descriptor that was open then, as Linux's errseq does)".to_owned(),
+            ));
+        }
+        let inode = st.inode_mut(self.inode)?;
         let pending = std::mem::take(&mut inode.pending);
         let pending_bytes: usize = pending
             .iter()

@@ -411,3 +411,33 @@ fn call_sites_are_recorded_and_faults_name_theirs() {
         "wrapper site {fired:?}"
     );
 }
+
+/// Regression (found by the concurrent I/O-error sweep, `threads4_checkpointer`): a
+/// legacy checkpointer's fsync of the `-wal` failed and dropped the coordinator's
+/// unsynced batch; the coordinator's own fsync then succeeded and it acknowledged frames
+/// that were gone. Linux (errseq, 4.13+) reports the error to every descriptor open at
+/// the time, so the coordinator's fsync fails; `MemoryVfs` models that now.
+#[test]
+fn a_failed_sync_is_reported_to_every_handle_open_at_the_time() {
+    let cx = Cx::new();
+    let vfs = MemoryVfs::new();
+    let mut writer = open(&vfs, "/db-wal");
+    let mut checkpointer = open(&vfs, "/db-wal");
+    writer.write(&cx, b"batch", 0).unwrap();
+    vfs.inject(Fault::fail(FaultOp::Sync, 1, FaultRepeat::Once));
+    assert_eq!(
+        io_op(&checkpointer.sync(&cx, SyncFlags::NORMAL).unwrap_err()),
+        "sync"
+    );
+    // The writer's batch is gone, and its own sync says so, once.
+    assert_eq!(read_all(&writer), b"");
+    assert_eq!(
+        io_op(&writer.sync(&cx, SyncFlags::NORMAL).unwrap_err()),
+        "sync"
+    );
+    writer.sync(&cx, SyncFlags::NORMAL).unwrap();
+    // The handle that failed was told already; a handle opened later is not told.
+    checkpointer.sync(&cx, SyncFlags::NORMAL).unwrap();
+    let mut later = open(&vfs, "/db-wal");
+    later.sync(&cx, SyncFlags::NORMAL).unwrap();
+}

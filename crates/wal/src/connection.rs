@@ -510,12 +510,14 @@ impl<V: Vfs> Wal<V> {
     /// at or after that frame can be opened. `Busy` while a checkpoint runs.
     pub fn recover_snapshots(&mut self, cx: &Cx) -> Result<u32> {
         self.begin_read_inner(cx, None)?;
-        let r = if locks::try_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 1)? {
-            let r = self.recover_snapshots_locked(cx);
-            let _ = locks::unlock_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 1);
-            r
-        } else {
-            Err(FrankenError::Busy)
+        let r = match locks::try_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 1) {
+            Ok(true) => {
+                let r = self.recover_snapshots_locked(cx);
+                let _ = locks::unlock_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 1);
+                r
+            }
+            Ok(false) => Err(FrankenError::Busy),
+            Err(e) => Err(e),
         };
         self.end_read(cx);
         r
@@ -753,12 +755,28 @@ impl<V: Vfs> Wal<V> {
         let mut attempts = 0u32;
         loop {
             self.begin_read_inner(cx, None)?;
-            if locks::try_exclusive(&mut self.db, cx, WAL_WRITE_LOCK, 1)? {
+            // An error from here on must not leave the read (or write) lock behind: the
+            // next transaction would begin with a stale read mark held (found by the
+            // I/O-error sweep's shm_lock faults).
+            let locked = match locks::try_exclusive(&mut self.db, cx, WAL_WRITE_LOCK, 1) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.end_read(cx);
+                    return Err(e);
+                }
+            };
+            if locked {
                 self.write_locked = true;
                 // In exclusive locking mode nobody else can have committed.
-                if self.db.mode() == LockingMode::Exclusive
-                    || self.live_header_copy_a(cx)? == self.hdr
-                {
+                let current = self.db.mode() == LockingMode::Exclusive
+                    || match self.live_header_copy_a(cx) {
+                        Ok(h) => h == self.hdr,
+                        Err(e) => {
+                            self.end_write_and_read(cx);
+                            return Err(e);
+                        }
+                    };
+                if current {
                     break;
                 }
                 // A commit landed between our read and the lock: start over on it.

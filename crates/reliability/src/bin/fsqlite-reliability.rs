@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! fsqlite-reliability all --budget-secs N [--seed S] [--threads T] [--fuzz-stats F]
+//!                         [--concurrent-share F | --shares a,b,c,d,e]
 //!                         [--out-md docs/RELIABILITY.md] [--out-json PATH] [--command TEXT]
 //! fsqlite-reliability crash-sim --seed S --workload W --case K [--round R] [--variants D]
 //! fsqlite-reliability io-fault --seed S --workload W --kind K --mode once|persistent --site N
@@ -16,7 +17,8 @@
 //! `all` splits the budget: 38% crash simulation, 12% concurrent crash simulation (8
 //! threads; 2 members x 4 threads), 15% I/O-error sweep, 15% concurrent I/O-error sweep,
 //! 20% differential; `--concurrent-share F` moves the concurrent shares (default 0.27 of
-//! the crash + fault time). `coverage` runs both I/O-error sweeps and prints the table of
+//! the crash + fault time), `--shares a,b,c,d,e` sets all five (crash, concurrent crash,
+//! I/O faults, concurrent I/O faults, differential; normalized). `coverage` runs both I/O-error sweeps and prints the table of
 //! every I/O call site ([`fsqlite_reliability::coverage`]).
 //! Exit status 1 when any harness found a failure.
 
@@ -33,6 +35,11 @@ use fsqlite_reliability::fuzz_bodies::{TARGETS, generate, run_target};
 use fsqlite_reliability::{HarnessReport, concurrent, coverage, crashsim, diff, iofault, report};
 use fsqlite_testkit::rng::{Rng, parse_seed};
 use serde_json::{Value, json};
+
+/// The markers of the soak's section in `docs/RELIABILITY.md`.
+const SOAK_BEGIN: &str = "<!-- soak:begin -->";
+/// See [`SOAK_BEGIN`].
+const SOAK_END: &str = "<!-- soak:end -->";
 
 /// The default seed of `all` (the bytes of "reliab!!").
 const DEFAULT_SEED: u64 = 0x7265_6c69_6162_2121;
@@ -79,22 +86,43 @@ fn all(args: &[String]) -> Result<bool, String> {
         .map_or(Ok(0.27), str::parse::<f64>)
         .map_err(|e| format!("--concurrent-share takes a fraction: {e}"))?
         .clamp(0.0, 1.0);
+    // Shares of the budget: crash, concurrent crash, I/O faults, concurrent I/O faults;
+    // the differential checker gets what is left.
+    let mut shares = [
+        0.5 * (1.0 - share),
+        0.5 * share,
+        0.3 * (1.0 - share),
+        0.3 * share,
+    ];
+    if let Some(v) = flag(args, "--shares") {
+        let parts: Vec<f64> = v
+            .split(',')
+            .map(|x| x.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("--shares takes 5 fractions (crash,ccrash,io,cio,diff): {e}"))?;
+        let sum: f64 = parts.iter().sum();
+        if parts.len() != 5 || sum <= 0.0 {
+            return Err(format!(
+                "--shares takes 5 fractions (crash,ccrash,io,cio,diff), got {v:?}"
+            ));
+        }
+        for (i, x) in shares.iter_mut().enumerate() {
+            *x = parts[i] / sum;
+        }
+    }
     let start = Instant::now();
-    let mut cs_cfg = crashsim::CrashSimConfig::new(seed, budget.mul_f64(0.5 * (1.0 - share)));
+    let mut cs_cfg = crashsim::CrashSimConfig::new(seed, budget.mul_f64(shares[0]));
     cs_cfg.threads = threads;
     eprintln!("crash simulation: {:?} on {threads} threads", cs_cfg.budget);
     let cs = crashsim::run(&cs_cfg);
-    let cc_cfg = concurrent::ConcurrentConfig::new(seed, budget.mul_f64(0.5 * share));
+    let cc_cfg = concurrent::ConcurrentConfig::new(seed, budget.mul_f64(shares[1]));
     eprintln!("concurrent crash simulation: {:?}", cc_cfg.budget);
     let cc = concurrent::run_crash(&cc_cfg);
-    let left = budget.saturating_sub(start.elapsed());
-    let mut io_cfg = iofault::IoFaultConfig::new(seed, left.mul_f64(0.6 * (1.0 - share)));
+    let mut io_cfg = iofault::IoFaultConfig::new(seed, budget.mul_f64(shares[2]));
     io_cfg.threads = threads;
     eprintln!("I/O-error sweep: {:?}", io_cfg.budget);
     let io = iofault::run(&io_cfg);
-    let left = budget.saturating_sub(start.elapsed());
-    let ci_cfg =
-        concurrent::ConcurrentConfig::new(seed, left.mul_f64(0.6 * share / (0.6 * share + 0.4)));
+    let ci_cfg = concurrent::ConcurrentConfig::new(seed, budget.mul_f64(shares[3]));
     eprintln!("concurrent I/O-error sweep: {:?}", ci_cfg.budget);
     let ci = concurrent::run_faults(&ci_cfg, 4096);
     let cov = coverage_of(&io, &ci);
@@ -164,8 +192,15 @@ fn all(args: &[String]) -> Result<bool, String> {
         .map_err(|e| format!("write {}: {e}", p.display()))?;
         eprintln!("wrote {}", p.display());
     }
-    let md = report::render(&combined);
+    let mut md = report::render(&combined);
     if let Some(p) = flag(args, "--out-md") {
+        // Keep the soak's section (`cargo xtask soak` writes it between these markers).
+        if let Ok(old) = std::fs::read_to_string(p)
+            && let (Some(a), Some(b)) = (old.find(SOAK_BEGIN), old.find(SOAK_END))
+            && b > a
+        {
+            md = format!("{}\n\n{}\n", md.trim_end(), &old[a..b + SOAK_END.len()]);
+        }
         std::fs::write(p, &md).map_err(|e| format!("write {p}: {e}"))?;
         eprintln!("wrote {p}");
     } else {
