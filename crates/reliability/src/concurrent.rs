@@ -1120,9 +1120,22 @@ pub fn run_faults(cfg: &ConcurrentConfig, max_sites: u64) -> HarnessReport {
         }
         crate::coverage::record_seen(&mut totals, &mem.seen_sites());
     }
-    'sweeps: for s in &cfg.scenarios {
+    let mut plan = Vec::new();
+    for s in &cfg.scenarios {
         for (kind, op) in FAULT_OPS {
             for repeat in [FaultRepeat::Once, FaultRepeat::Persistent] {
+                plan.push((s, kind, op, repeat));
+            }
+        }
+    }
+    // Each seed starts elsewhere in the plan (see `iofault::run`).
+    if !plan.is_empty() {
+        let k = (cfg.seed % plan.len() as u64) as usize;
+        plan.rotate_left(k);
+    }
+    'sweeps: for (s, kind, op, repeat) in plan {
+        {
+            {
                 let mut n = 0u64;
                 let complete = loop {
                     n += 1;

@@ -10,6 +10,7 @@
 //! fsqlite-reliability diff-case --seed S --case C
 //! fsqlite-reliability coverage [--budget-secs N] [--seed S] [--out-md PATH]
 //! fsqlite-reliability concurrent [--budget-secs N] [--seed S]   (both concurrent harnesses)
+//! fsqlite-reliability coverage-merge --inputs A.json,B.json [--out-md P] [--out-json P]
 //! fsqlite-reliability corpus --dir fuzz/corpus --per-target N [--seed S]
 //! fsqlite-reliability fuzz-bodies --secs N [--seed S]     (in-process fuzz bodies)
 //! ```
@@ -295,6 +296,45 @@ fn coverage_cmd(args: &[String]) -> Result<bool, String> {
     Ok(io.passed() && ci.passed())
 }
 
+/// `coverage-merge --inputs A,B,.. [--out-md P] [--out-json P]`: the coverage table of
+/// several `all` runs (their `--out-json` files) together: the soak's rounds.
+fn coverage_merge(args: &[String]) -> Result<bool, String> {
+    let mut c = fsqlite_reliability::Counters::default();
+    for p in need(args, "--inputs")?.split(',').filter(|p| !p.is_empty()) {
+        let Ok(text) = std::fs::read_to_string(p) else {
+            eprintln!("coverage-merge: {p} is missing; skipped");
+            continue;
+        };
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{p}: {e}"))?;
+        for h in ["iofault", "iofault_concurrent"] {
+            if let Some(obj) = v[h]["totals"].as_object() {
+                for (k, n) in obj {
+                    if k.starts_with("cov|") {
+                        c.add(k, n.as_u64().unwrap_or(0));
+                    }
+                }
+            }
+        }
+    }
+    let rows = coverage::table(&c, &coverage::scan_sources(&workspace_root()));
+    let mut v = coverage::to_json(&rows);
+    let md = coverage::to_markdown(&rows);
+    v["markdown"] = Value::from(md.clone());
+    if let Some(p) = flag(args, "--out-json") {
+        std::fs::write(
+            p,
+            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+        )
+        .map_err(|e| format!("write {p}: {e}"))?;
+    }
+    if let Some(p) = flag(args, "--out-md") {
+        std::fs::write(p, &md).map_err(|e| format!("write {p}: {e}"))?;
+    } else {
+        println!("{md}");
+    }
+    Ok(true)
+}
+
 /// `concurrent`: the concurrent crash simulation and I/O-error sweep, half the budget each.
 fn concurrent_cmd(args: &[String]) -> Result<bool, String> {
     let budget = Duration::from_secs(num(args, "--budget-secs", 60)?);
@@ -410,9 +450,10 @@ fn main() -> ExitCode {
         })(),
         Some("coverage") => coverage_cmd(&args),
         Some("concurrent") => concurrent_cmd(&args),
+        Some("coverage-merge") => coverage_merge(&args),
         Some("corpus") => corpus(&args),
         Some("fuzz-bodies") => fuzz_bodies(&args),
-        _ => Err("usage: fsqlite-reliability <all | crash-sim | io-fault | diff-case | coverage | concurrent | corpus | fuzz-bodies> [flags] (see the source header)".into()),
+        _ => Err("usage: fsqlite-reliability <all | crash-sim | io-fault | diff-case | coverage | coverage-merge | concurrent | corpus | fuzz-bodies> [flags] (see the source header)".into()),
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,
