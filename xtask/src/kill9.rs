@@ -60,7 +60,8 @@ const CONCURRENT_BUDGET_ENV: &str = "FSQLITE_CKILL9_BUDGET_SECS";
 const CONCURRENT_STATS_NAME: &str = "kill9_concurrent";
 const USAGE: &str = "usage: cargo xtask kill9 [--budget-secs N] [--seed S] [--keep-going] | kill9 --concurrent [--budget-secs N] [--seed S]";
 
-fn value_of<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>, String> {
+/// The value after flag `name`, if the flag is there (an error when it has none).
+pub(crate) fn value_of<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>, String> {
     match args.iter().position(|a| a == name) {
         None => Ok(None),
         Some(i) => args

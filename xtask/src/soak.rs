@@ -37,6 +37,7 @@ use std::time::Instant;
 
 use fsqlite_testkit::serde_json::{self, Value, json};
 
+use crate::kill9::value_of;
 use crate::reliability::{fuzz_for, reliability_bin, root};
 
 /// The figures the soak aims at (issue: an hour-long soak).
@@ -46,16 +47,6 @@ const GOALS: [(&str, u64); 4] = [
     ("differential checks against SQLite", 100_000),
     ("fuzz executions", 100_000_000),
 ];
-
-fn value_of<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(None),
-        Some(i) => args
-            .get(i + 1)
-            .map(|v| Some(v.as_str()))
-            .ok_or_else(|| format!("{name} needs a value")),
-    }
-}
 
 fn number(args: &[String], name: &str, default: f64) -> Result<f64, String> {
     value_of(args, name)?.map_or(Ok(default), |v| {
