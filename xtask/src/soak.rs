@@ -276,7 +276,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
     };
     std::fs::write(&md_path, &md).map_err(|e| format!("write {}: {e}", md_path.display()))?;
     if write_docs {
-        splice_reliability(&headline(&summary, &t))?;
+        let mut section = headline(&summary, &t);
+        if let Some(md) = summary["coverage"]["markdown"].as_str() {
+            let _ = write!(
+                section,
+                "\n### Fault coverage of the soak (every round together)\n\n{md}"
+            );
+        }
+        splice_reliability(&section)?;
     }
     eprintln!("soak: done in {elapsed:.0} s: {}", t.line());
     eprintln!("soak: wrote {} and {}", path.display(), md_path.display());

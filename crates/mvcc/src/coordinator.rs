@@ -912,6 +912,10 @@ impl<V: Vfs> Coordinator<V> {
     }
 }
 
+/// How many times an opening process asks for the record file's EXCLUSIVE lock (with
+/// short random pauses between, holding nothing) before it joins the members there.
+const MEMBERSHIP_ATTEMPTS: u32 = 6;
+
 /// Decides the mode (and, in hybrid mode, opens the record file).
 fn choose_mode<V: Vfs>(
     cx: &Cx,
@@ -1011,24 +1015,39 @@ impl<V: Vfs> Hybrid<V> {
     ) -> Result<Self> {
         // Membership: every fsqlite process on the database holds SHARED on the record
         // file for its life; the first one (EXCLUSIVE granted) takes over, the others join.
+        //
+        // Two processes opening at once can each hold SHARED while asking for EXCLUSIVE,
+        // and both be refused: then nobody would take over (found by the concurrent
+        // kill -9 soak). A refused process lets go of everything and tries again after a
+        // short random pause, a few times, before it concludes that a member is there.
         let mut record_file = record_file;
-        if !locks::wait_file_lock(
-            &mut record_file,
-            cx,
-            LockLevel::Shared,
-            options.busy_timeout,
-        )? {
-            tracing::info!(target: TRACE, db = %db_path.display(), "another fsqlite process kept taking over for longer than busy_timeout");
-            return Err(FrankenError::Busy);
-        }
-        let first = match record_file.lock(cx, LockLevel::Exclusive) {
-            Ok(()) => true,
-            Err(FrankenError::Busy) => {
-                record_file.unlock(cx, LockLevel::Shared)?;
-                false
+        let mut first = false;
+        for attempt in 1..=MEMBERSHIP_ATTEMPTS {
+            if !locks::wait_file_lock(
+                &mut record_file,
+                cx,
+                LockLevel::Shared,
+                options.busy_timeout,
+            )? {
+                tracing::info!(target: TRACE, db = %db_path.display(), "another fsqlite process kept taking over for longer than busy_timeout");
+                return Err(FrankenError::Busy);
             }
-            Err(e) => return Err(e),
-        };
+            match record_file.lock(cx, LockLevel::Exclusive) {
+                Ok(()) => {
+                    first = true;
+                    break;
+                }
+                Err(FrankenError::Busy) if attempt < MEMBERSHIP_ATTEMPTS => {
+                    record_file.unlock(cx, LockLevel::None)?;
+                    let mut b = [0u8; 2];
+                    vfs.randomness(&mut b);
+                    let micros = 100 + u64::from(u16::from_le_bytes(b)) % 1900;
+                    std::thread::sleep(Duration::from_micros(micros));
+                }
+                Err(FrankenError::Busy) => record_file.unlock(cx, LockLevel::Shared)?,
+                Err(e) => return Err(e),
+            }
+        }
         if !first {
             return Self::join(cx, vfs, db_path, db, record_file, page_size, options);
         }

@@ -72,6 +72,8 @@ const ENV_ROUND: &str = "MVCC_BANK_ROUND";
 const ENV_THREADS: &str = "MVCC_BANK_THREADS";
 const ENV_LIFE_MS: &str = "MVCC_BANK_LIFE_MS";
 const ENV_MODE: &str = "MVCC_BANK_MODE";
+/// When set, the child also stops (and closes) once this file exists.
+const ENV_STOP_FILE: &str = "MVCC_BANK_STOP_FILE";
 /// The soak's time budget in seconds.
 const BUDGET_ENV: &str = "FSQLITE_CKILL9_BUDGET_SECS";
 const DEFAULT_BUDGET_SECS: u64 = 3;
@@ -117,9 +119,20 @@ fn run_child(seed: u64) {
         "admitted" => LegacyWriters::Admitted,
         _ => LegacyWriters::Excluded,
     };
+    let stop_file = std::env::var_os(ENV_STOP_FILE).map(PathBuf::from);
     let (coord, accounts, log) = bank_common::open_writer(&db, options(mode), &acks);
+    eprintln!(
+        "member mode {:?}: {}; takeover {:?}",
+        coord.mode(),
+        coord.mode_reason(),
+        coord.takeover()
+    );
     ack(0, u64::from(coord.takeover().is_some_and(|t| t.joined))).unwrap(); // ready
-    bank_common::transfer_threads(&coord, &accounts, ACCOUNTS, threads, seed, tag, life, &log);
+    let start = Instant::now();
+    let stop = || start.elapsed() > life || stop_file.as_ref().is_some_and(|p| p.exists());
+    bank_common::transfer_threads_until(
+        &coord, &accounts, ACCOUNTS, threads, seed, tag, &stop, &log,
+    );
     coord.close(&Cx::new()).unwrap();
 }
 
@@ -158,8 +171,20 @@ impl Bank {
     /// Starts a writer child of `threads` threads living `life` (it does not wait for it to
     /// be ready).
     fn spawn_writer(&mut self, test: &str, threads: u64, life: Duration, seed: u64) -> ChildHandle {
+        self.spawn_writer_until(test, threads, life, None, seed)
+    }
+
+    /// [`Bank::spawn_writer`] that also stops once `stop_file` exists.
+    fn spawn_writer_until(
+        &mut self,
+        test: &str,
+        threads: u64,
+        life: Duration,
+        stop_file: Option<&Path>,
+        seed: u64,
+    ) -> ChildHandle {
         self.tags += 1;
-        let spec = ChildSpec {
+        let mut spec = ChildSpec {
             role: "bank".into(),
             seed,
             env: vec![
@@ -171,6 +196,10 @@ impl Bank {
                 (ENV_MODE.into(), mode_name(self.mode).into()),
             ],
         };
+        if let Some(p) = stop_file {
+            spec.env
+                .push((ENV_STOP_FILE.into(), p.display().to_string()));
+        }
         spawn_self(test, &spec).unwrap()
     }
 
@@ -381,24 +410,33 @@ fn multiprocess_cycle(bk: &mut Bank, rng: &mut Rng, st: &mut Soak, ctx: &str) ->
     let threads = rng.range(2, 5);
     let kill_all = rng.chance(0.5);
     let victim = rng.below(n);
-    // Kill times after everyone reported ready; a survivor's life ends 20-150 ms after
-    // the victim's kill (counted from its own start, which is earlier).
+    // Kill times after everyone reported ready; the survivors stop 20-150 ms after the
+    // victim's kill, when the parent creates their stop file. (A lifetime counted from
+    // each child's own start let a survivor close before a slow member had opened, which
+    // then rightly took over as the first member: a second takeover in one cycle.)
     let delays: Vec<Duration> = (0..n)
         .map(|_| Duration::from_millis(rng.range(5, 121)))
         .collect();
+    let survivor_extra = Duration::from_millis(rng.range(20, 151));
+    bk.tags += 1;
+    let stop_file = bk.path.with_extension(format!("stop-{}", bk.tags));
     let t = Instant::now();
     let mut members: Vec<(u64, Duration, ChildHandle)> = (0..n)
         .map(|m| {
-            let life = if kill_all || m == victim {
-                CHILD_LIFETIME
+            let survivor = !(kill_all || m == victim);
+            let life = if survivor {
+                delays[victim as usize] + survivor_extra
             } else {
-                delays[victim as usize] + Duration::from_millis(rng.range(20, 151))
+                CHILD_LIFETIME
             };
-            (
-                m,
-                life,
-                bk.spawn_writer(SOAK_NAME, threads, life, rng.next_u64()),
-            )
+            let child = bk.spawn_writer_until(
+                SOAK_NAME,
+                threads,
+                CHILD_LIFETIME,
+                survivor.then_some(stop_file.as_path()),
+                rng.next_u64(),
+            );
+            (m, life, child)
         })
         .collect();
     st.processes_spawned += n;
@@ -409,7 +447,12 @@ fn multiprocess_cycle(bk: &mut Bank, rng: &mut Rng, st: &mut Soak, ctx: &str) ->
     assert_eq!(
         joined,
         n - 1,
-        "exactly one member takes over, the others join; {ctx}"
+        "exactly one member takes over, the others join; {ctx}; the members said: {}",
+        members
+            .iter()
+            .map(|(m, _, c)| format!("member {m}: {}", stderr_tail(c, 600)))
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
     let ready = Instant::now();
     st.ready_wait += t.elapsed();
@@ -432,6 +475,10 @@ fn multiprocess_cycle(bk: &mut Bank, rng: &mut Rng, st: &mut Soak, ctx: &str) ->
         std::thread::sleep(delays[i].saturating_sub(ready.elapsed()));
         kill(child, &format!("member {m} ({what}; {ctx})"));
         st.sigkills += 1;
+    }
+    if !kill_all {
+        std::thread::sleep(survivor_extra);
+        std::fs::write(&stop_file, b"stop").unwrap();
     }
     let t = Instant::now();
     for (m, life, child) in &mut members {

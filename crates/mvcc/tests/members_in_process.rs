@@ -110,3 +110,37 @@ fn a_member_with_the_other_setting_is_refused_clearly() {
         b.close(&cx).unwrap();
     }
 }
+
+/// Regression (found by the concurrent kill -9 soak): members opening at the same moment
+/// could each hold SHARED on the record file while asking for EXCLUSIVE, so every one was
+/// refused and joined, and none took over. Now exactly one takes over, every time.
+#[test]
+fn members_opening_at_once_elect_exactly_one() {
+    for round in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        let db = common::make_db(dir.path(), "race.db");
+        let barrier = std::sync::Barrier::new(4);
+        let joined: Vec<bool> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    let (db, barrier) = (&db, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let m = open(db, LegacyWriters::Excluded).unwrap();
+                        let joined = m.takeover().unwrap().joined;
+                        // Stay a member until every one has opened.
+                        barrier.wait();
+                        m.close(&Cx::new()).unwrap();
+                        joined
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            joined.iter().filter(|j| !**j).count(),
+            1,
+            "round {round}: who joined {joined:?}"
+        );
+    }
+}

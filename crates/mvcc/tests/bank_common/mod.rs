@@ -157,12 +157,39 @@ pub fn transfer_threads<V: Vfs>(
     log: &std::fs::File,
 ) {
     let start = std::time::Instant::now();
+    transfer_threads_until(
+        coord,
+        accounts,
+        n_accounts,
+        threads,
+        seed,
+        tag,
+        &|| start.elapsed() > life,
+        log,
+    );
+}
+
+/// [`transfer_threads`] until `stop()` says so (asked before every transfer).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a test helper; each caller passes its own workload"
+)]
+pub fn transfer_threads_until<V: Vfs>(
+    coord: &Coordinator<V>,
+    accounts: &Accounts,
+    n_accounts: u32,
+    threads: u64,
+    seed: u64,
+    tag: u64,
+    stop: &(dyn Fn() -> bool + Sync),
+    log: &std::fs::File,
+) {
     std::thread::scope(|s| {
         for t in 0..threads {
             s.spawn(move || {
                 let mut rng = Rng::new(seed ^ (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
                 for k in 0u64.. {
-                    if start.elapsed() > life {
+                    if stop() {
                         return;
                     }
                     let id = (tag << 48) | (t << 40) | k;
