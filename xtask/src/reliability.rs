@@ -19,12 +19,13 @@ use std::time::Instant;
 use crate::{cargo, run};
 
 /// The fuzz targets in `fuzz/fuzz_targets/`.
-pub const FUZZ_TARGETS: [&str; 5] = [
+pub const FUZZ_TARGETS: [&str; 6] = [
     "wal_header",
     "wal_recover_raw",
     "wal_recover_struct",
     "shm_header",
     "engine_model",
+    "ltx_decode",
 ];
 
 /// The default seed (the bytes of "reliab!!").

@@ -34,12 +34,13 @@ use crate::walgen::{self, FRAME_HEADER_LEN, GenFrame, HEADER_LEN, WalSpec};
 use crate::workloads::{commit_pages, observe};
 
 /// The fuzz targets, by name.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "wal_header",
     "wal_recover_raw",
     "wal_recover_struct",
     "shm_header",
     "engine_model",
+    "ltx_decode",
 ];
 
 /// Checksum collisions seen by [`wal_recover_struct`] (damage the WAL checksum cannot see).
@@ -56,6 +57,7 @@ pub fn run_target(name: &str, data: &[u8]) -> bool {
         "wal_recover_struct" => wal_recover_struct(data),
         "shm_header" => shm_header(data),
         "engine_model" => engine_model(data),
+        "ltx_decode" => ltx_decode(data),
         _ => return false,
     }
     true
@@ -579,6 +581,50 @@ pub fn engine_model(data: &[u8]) {
     let _ = crash_and_judge(&cx, &vfs, CrashMode::DropAll, &opts, &model);
 }
 
+/// Target `ltx_decode`: an LTX file (Litestream's transaction file) decoded by
+/// `fsqlite-replicate`; whatever decodes must re-encode to the same content,
+/// deterministically, and nothing may panic ([`fsqlite_replicate::fuzz_decode`]).
+pub fn ltx_decode(data: &[u8]) {
+    fsqlite_replicate::fuzz_decode(data);
+}
+
+/// A well-formed LTX file of a few random pages (a snapshot or an incremental one).
+fn generate_ltx(rng: &mut Rng) -> Vec<u8> {
+    use fsqlite_replicate::ltx::{self, LtxHeader, Page};
+    let page_size = 512u32 << rng.below(3);
+    let commit = 1 + rng.below(6) as u32;
+    let snapshot = rng.chance(0.5);
+    let pgnos: Vec<u32> = if snapshot {
+        (1..=commit).collect()
+    } else {
+        (1..=commit).filter(|_| rng.chance(0.6)).collect()
+    };
+    let pages: Vec<Page> = pgnos
+        .into_iter()
+        .map(|pgno| {
+            let mut data = vec![0u8; page_size as usize];
+            let n = rng.below(u64::from(page_size) / 4) as usize;
+            rng.fill(&mut data[..n]);
+            Page { pgno, data }
+        })
+        .collect();
+    let txid = 1 + rng.below(1000);
+    let header = if snapshot {
+        LtxHeader::snapshot(page_size, commit, txid, 0)
+    } else {
+        // Litestream's own kind: no database checksums.
+        let mut h = LtxHeader::incremental(page_size, commit, txid + 1, txid + 1, 0, 0);
+        h.flags |= ltx::HEADER_FLAG_NO_CHECKSUM;
+        h
+    };
+    let post = if header.flags & ltx::HEADER_FLAG_NO_CHECKSUM != 0 {
+        0
+    } else {
+        ltx::checksum_pages(&pages)
+    };
+    ltx::encode(&header, &pages, post).unwrap_or_default()
+}
+
 /// A generated input for `target` (the in-test corpus and the cargo-fuzz seed corpus):
 /// mostly well-formed inputs with some damage, some raw noise.
 pub fn generate(target: &str, rng: &mut Rng) -> Vec<u8> {
@@ -636,6 +682,20 @@ pub fn generate(target: &str, rng: &mut Rng) -> Vec<u8> {
             img
         }
         "wal_recover_struct" => noise(96, rng),
+        "ltx_decode" => {
+            if rng.chance(0.1) {
+                return noise(300, rng);
+            }
+            let mut img = generate_ltx(rng);
+            if rng.chance(0.5) && !img.is_empty() {
+                let bit = rng.below(img.len() as u64 * 8) as usize;
+                img[bit / 8] ^= 1 << (bit % 8);
+            }
+            if rng.chance(0.1) {
+                img.truncate(rng.below(img.len() as u64 + 1) as usize);
+            }
+            img
+        }
         "shm_header" => {
             let mut v = noise(200, rng);
             if !v.is_empty() && rng.chance(0.5) {
@@ -657,6 +717,15 @@ mod tests {
             assert!(run_target(t, &[]));
         }
         assert!(!run_target("nope", &[]));
+    }
+
+    #[test]
+    fn generated_ltx_files_decode() {
+        let mut rng = Rng::new(7);
+        for _ in 0..64 {
+            let img = generate_ltx(&mut rng);
+            fsqlite_replicate::ltx::decode(&img).unwrap();
+        }
     }
 
     #[test]
