@@ -5,7 +5,7 @@
 //!
 //! | command | what it does |
 //! |---|---|
-//! | `reliability --coverage [--budget-secs N] [--seed S]` | both I/O-error sweeps (single writer; concurrent writers), then the table of every I/O call site of the WAL and the coordinator: fail-once and fail-always injected or not, and what the caller did ([`fsqlite_reliability::coverage`]) |
+//! | `reliability --coverage [--budget-secs N] [--seed S]` | both I/O-error sweeps (single writer; concurrent writers), then the table of every I/O call site of the WAL and the coordinator: fail-once and fail-always injected or not, and what the caller did (`fsqlite_reliability::coverage`) |
 //! | `reliability [--budget-secs N] [--seed S] [--no-kill9] [--no-fuzz]` | the kill -9 soak (10% of the budget, `cargo xtask kill9`), fuzzing (20%; installs cargo-fuzz if missing), then crash simulation (35%), I/O-error sweep (21%) and differential recovery vs SQLite (14%); build times are not counted; writes `docs/RELIABILITY.md` and `target/test-stats/reliability.json` (every stats file goes to `fsqlite_testkit::stats::stats_dir()`) |
 //! | `crash-sim --seed S --workload W --case K [--round R]` | replays one crash-simulation case |
 //! | `io-fault --seed S --workload W --kind K --mode once\|persistent --site N` | replays one fault site |
