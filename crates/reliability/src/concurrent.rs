@@ -830,7 +830,7 @@ fn failure(
         seed,
         message,
         replay: format!(
-            "cargo xtask reliability --concurrent-only --seed {seed:#x} (thread interleavings are not replayable; the message lists the attempts)"
+            "cargo run --release -p fsqlite-reliability --bin fsqlite-reliability -- concurrent --seed {seed:#x} (thread interleavings are not replayable; the message lists the attempts)"
         ),
     }
 }
