@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use fsqlite_testkit::serde_json::{self, Value, json};
+use fsqlite_testkit::stats::thousands;
 
 use crate::kill9::value_of;
 use crate::reliability::{fuzz_for, reliability_bin, root};
@@ -450,18 +451,6 @@ fn git_rev() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The headline table: each figure against its goal.

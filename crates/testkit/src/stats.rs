@@ -86,3 +86,16 @@ pub fn write_stats_in(dir: &Path, name: &str, value: &serde_json::Value) -> Resu
     tracing::debug!(target: "fsqlite.testkit.stats", path = %path.display(), "wrote stats");
     Ok(path)
 }
+
+/// Thousands separators for reports: `1234567` -> `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
