@@ -151,6 +151,8 @@ pub struct Wal<V: Vfs> {
     recoveries: u64,
     /// Test-only: checkpoints skip the database fsync of the recovery barrier.
     skip_barrier_for_tests: bool,
+    /// Set by [`Wal::checkpoint_truncate_at`] for the one checkpoint it runs.
+    ckpt_expect: Option<(u32, [u32; 2])>,
     /// Page → newest frame of the current WAL generation, up to the last snapshot.
     frame_map: FrameMap,
     /// The context of lock releases run from `Drop` (made once, not per transaction).
@@ -313,6 +315,7 @@ impl<V: Vfs> Wal<V> {
             n_ckpt: 0,
             recoveries: 0,
             skip_barrier_for_tests: false,
+            ckpt_expect: None,
             frame_map: FrameMap::new(),
             drop_cx: Cx::new(),
             spare_pages: Vec::new(),
@@ -499,6 +502,68 @@ impl<V: Vfs> Wal<V> {
         };
         tracing::debug!(target: "fsqlite.wal.snapshot", db = %self.db_path.display(), mx_frame = target.mx_frame, "read transaction opened on a snapshot");
         Ok(ReadTxn { wal: self, snap })
+    }
+
+    /// Holds a read mark at the newest commit without a [`ReadTxn`] borrow, for a
+    /// replicator that reads the `-wal` file itself: the mark is always in slot 1..=4
+    /// (never READ_LOCK(0)), so while it is held no checkpoint copies frames past it and
+    /// no connection restarts the WAL, and every frame up to the returned snapshot's
+    /// `mx_frame` stays in the `-wal` file with the snapshot's salts. A mark held from an
+    /// earlier call is released first. Released by [`Wal::unpin`], any `begin_*`
+    /// call, or dropping the connection.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use fsqlite_types::{Cx, PageNumber};
+    /// use fsqlite_vfs::MemoryVfs;
+    /// use fsqlite_wal::{CheckpointMode, Wal, WalOptions};
+    ///
+    /// let cx = Cx::new();
+    /// let vfs = Arc::new(MemoryVfs::new());
+    /// let opts = || WalOptions {
+    ///     auto_checkpoint: None,
+    ///     busy_timeout: std::time::Duration::from_millis(20),
+    ///     ..WalOptions::default()
+    /// };
+    /// let mut writer = Wal::open(&cx, Arc::clone(&vfs), "/p.db", opts()).unwrap();
+    /// let mut replicator = Wal::open(&cx, vfs, "/p.db", opts()).unwrap();
+    /// let mut tx = writer.begin_write(&cx).unwrap();
+    /// tx.write_page(&cx, PageNumber::new(1).unwrap(), &[1u8; 4096]).unwrap();
+    /// tx.commit(&cx, 1).unwrap();
+    /// writer.checkpoint(&cx, CheckpointMode::Passive).unwrap(); // everything backfilled
+    /// let pinned = replicator.pin(&cx).unwrap();
+    /// assert_eq!(pinned.mx_frame(), writer.status(&cx).unwrap().wal_frames);
+    /// // The pinned mark keeps a TRUNCATE checkpoint from restarting the WAL.
+    /// assert!(writer.checkpoint(&cx, CheckpointMode::Truncate).unwrap().busy);
+    /// replicator.unpin(&cx);
+    /// assert!(!writer.checkpoint(&cx, CheckpointMode::Truncate).unwrap().busy);
+    /// ```
+    pub fn pin(&mut self, cx: &Cx) -> Result<WalSnapshot> {
+        self.end_read(cx);
+        self.begin_read_slot(cx, None, true)?;
+        Ok(WalSnapshot::from_header(self.hdr))
+    }
+
+    /// Releases the mark taken by [`Wal::pin`] (nothing when none is held).
+    pub fn unpin(&mut self, cx: &Cx) {
+        self.end_read(cx);
+    }
+
+    /// A TRUNCATE checkpoint that runs only if the WAL, once this connection holds its
+    /// WRITE lock, still ends exactly at `expect` (same salts, same `mxFrame`); otherwise
+    /// it copies nothing and answers `busy`. A replicator that has shipped every frame up
+    /// to `expect` uses it to let the WAL start over without a gap: when the answer is
+    /// not busy, the WAL restarted right after `expect` and no commit came in between.
+    /// Hold no read transaction or pin while calling it.
+    pub fn checkpoint_truncate_at(
+        &mut self,
+        cx: &Cx,
+        expect: &WalSnapshot,
+    ) -> Result<CheckpointOutcome> {
+        self.ckpt_expect = Some((expect.mx_frame(), expect.salts()));
+        let r = self.checkpoint(cx, CheckpointMode::Truncate);
+        self.ckpt_expect = None;
+        r
     }
 
     /// Makes snapshots available again after a restart of the process, as
@@ -1076,7 +1141,19 @@ impl<V: Vfs> Wal<V> {
     /// read mark is chosen at or below the snapshot's `mxFrame` and, once it is held, the
     /// snapshot is checked to be still available (`walBeginReadTransaction`).
     fn begin_read_inner(&mut self, cx: &Cx, target: Option<&WalIndexHdr>) -> Result<()> {
-        debug_assert!(self.read_lock.is_none());
+        self.begin_read_slot(cx, target, false)
+    }
+
+    /// [`Self::begin_read_inner`]; `wal_mark` never takes READ_LOCK(0), so the mark held
+    /// (slot 1..=4) keeps the WAL from restarting while it is held.
+    fn begin_read_slot(
+        &mut self,
+        cx: &Cx,
+        target: Option<&WalIndexHdr>,
+        wal_mark: bool,
+    ) -> Result<()> {
+        // A pin (the only read lock held between transactions) gives way to the next one.
+        self.end_read(cx);
         // Taken at the first busy answer: the uncontended path reads no clock.
         let mut start: Option<Instant> = None;
         let mut recovery_waits = 0u32;
@@ -1121,6 +1198,7 @@ impl<V: Vfs> Wal<V> {
             // When READ_LOCK(0) is busy (a checkpointer holds it), use a read mark. A
             // snapshot never reads from slot 0 (it may need frames the database lacks).
             if target.is_none()
+                && !wal_mark
                 && r0.n_backfill() == mx
                 && locks::try_shared(&mut self.db, cx, wal_read_lock(0))?
             {
@@ -1475,6 +1553,15 @@ impl<V: Vfs> Wal<V> {
         }
         let r0 = self.region0(cx, false)?;
         let mx = self.hdr.mx_frame;
+        if let Some((want_mx, want_salts)) = self.ckpt_expect
+            && (!*write_held || mx != want_mx || self.hdr.wal_salts() != want_salts)
+        {
+            return Ok(CheckpointOutcome {
+                busy: true,
+                log_frames: mx,
+                checkpointed_frames: r0.n_backfill().min(mx),
+            });
+        }
         let uses_busy = eff_mode != CheckpointMode::Passive;
         if r0.n_backfill() < mx {
             let marks: [u32; WAL_READ_MARK_COUNT] = std::array::from_fn(|i| r0.read_mark(i));
