@@ -21,7 +21,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod follow;
 pub mod ltx;
+pub mod replica;
 
 /// The body of the `ltx_decode` fuzz target: decodes `data`; if it decodes, encodes the
 /// result again, decodes that, and checks that both decodings agree.
