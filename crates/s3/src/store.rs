@@ -267,3 +267,80 @@ fn redact(msg: &str, secrets: &[String]) -> String {
     }
     s
 }
+
+/// Objects fetched at once by [`Store`]'s `get_many` (restores download this many files
+/// concurrently).
+pub const GET_CONCURRENCY: usize = 32;
+
+impl fsqlite_replicate::replica::Objects for Store {
+    fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<bool> {
+        match Store::put_if_absent(self, key, bytes) {
+            Ok(()) => Ok(true),
+            Err(e) if is_already_exists(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Store::get(self, key)
+    }
+
+    fn get_prefix(&self, key: &str, len: usize) -> Result<Option<Vec<u8>>> {
+        let path = self.path(key)?;
+        let opts = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(0..len as u64)),
+            ..object_store::GetOptions::default()
+        };
+        let r = self.rt.block_on(async {
+            let got = self.s3.get_opts(&path, opts).await?;
+            got.bytes().await
+        });
+        match r {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err("S3 ranged GET", key, &e)),
+        }
+    }
+
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        use futures::StreamExt;
+        let paths = keys
+            .iter()
+            .map(|k| self.path(k))
+            .collect::<Result<Vec<_>>>()?;
+        let results: Vec<std::result::Result<Option<Vec<u8>>, (usize, object_store::Error)>> =
+            self.rt.block_on(async {
+                futures::stream::iter(paths.iter().enumerate())
+                    .map(|(i, p)| async move {
+                        match self.s3.get(p).await {
+                            Ok(got) => match got.bytes().await {
+                                Ok(b) => Ok(Some(b.to_vec())),
+                                Err(e) => Err((i, e)),
+                            },
+                            Err(object_store::Error::NotFound { .. }) => Ok(None),
+                            Err(e) => Err((i, e)),
+                        }
+                    })
+                    .buffered(GET_CONCURRENCY)
+                    .collect()
+                    .await
+            });
+        results
+            .into_iter()
+            .map(|r| r.map_err(|(i, e)| self.err("S3 GET", &keys[i], &e)))
+            .collect()
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        Store::list(self, prefix)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        Store::delete(self, key)
+    }
+
+    fn url(&self, key: &str) -> String {
+        Store::url(self, key)
+    }
+}
+
