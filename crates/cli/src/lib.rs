@@ -17,6 +17,7 @@
 //! | [`sqlpages`] | — | building the next SQLite-valid page images of a commit with SQLite itself |
 //! | [`torture`] | `fsqlite torture` | writer processes killed with SIGKILL and restarted; the acknowledged-commit check |
 //! | [`bank_demo`] | `fsqlite demo` (part 2) | concurrent writers (`BEGIN CONCURRENT`) moving money, kill -9, stock SQLite checks the books and runs the same transfers beside it |
+//! | [`replication`] | `fsqlite replicate`, `restore`, `replicas list` | continuous replication to S3 or a directory in Litestream 0.5's format, point-in-time restore checked by SQLite |
 //! | [`demo`] | `fsqlite demo` | the torture core plus a legacy SQLite reader, recovery, checkpoints and `integrity_check` |
 //!
 //! Nothing in [`inspect`] or [`verify`] writes a byte or takes a lock: files are opened
@@ -32,6 +33,7 @@ pub mod files;
 pub mod inspect;
 pub mod probe;
 pub mod recover;
+pub mod replication;
 pub mod sqlpages;
 pub mod torture;
 pub mod verify;

@@ -16,7 +16,9 @@ use fsqlite_cli::checkpoint::{self, CheckpointOptions};
 use fsqlite_cli::demo::{self, DemoOptions};
 use fsqlite_cli::files::{CliError, CliResult, ExitStatus};
 use fsqlite_cli::torture::{self, CrashOptions, WriterArgs};
-use fsqlite_cli::{inspect, recover, verify};
+use fsqlite_cli::{inspect, recover, replication, verify};
+use fsqlite_replicate::follow::FollowOptions;
+use fsqlite_replicate::replica::Target;
 use fsqlite_wal::CheckpointMode;
 use serde::Serialize;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -199,6 +201,72 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replicate a live database continuously to S3 (or a directory) in Litestream 0.5's
+    /// format: every commit, in order, as LTX files; snapshots on a schedule; a new
+    /// generation (with a snapshot, said on stderr) wherever continuity cannot be proven.
+    /// Runs until killed (safe at any moment: a restart resumes without a gap).
+    Replicate {
+        /// The database (in WAL mode; stock SQLite may write it meanwhile).
+        db: PathBuf,
+        /// The replica: s3://BUCKET/PREFIX or file:///DIR.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// S3 endpoint (default: AWS_ENDPOINT_URL, else AWS).
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+        /// Time between polls of the WAL.
+        #[arg(long, default_value = "100ms", value_parser = replication::parse_duration)]
+        interval: Duration,
+        /// A full snapshot this often.
+        #[arg(long, default_value = "1h", value_parser = replication::parse_duration)]
+        snapshot_interval: Duration,
+        /// Let the WAL start over (a TRUNCATE checkpoint right after the last shipped
+        /// frame) once it holds this many frames; 0 never.
+        #[arg(long, default_value_t = 1000)]
+        checkpoint_frames: u32,
+        /// One file per transaction (exact restore to every TXID) instead of one per poll.
+        #[arg(long)]
+        per_commit: bool,
+        /// Delete what no restore inside this window needs (e.g. 72h), after each snapshot.
+        #[arg(long, value_parser = replication::parse_duration)]
+        retain: Option<Duration>,
+        /// Stop after this long.
+        #[arg(long, value_parser = replication::parse_duration)]
+        duration: Option<Duration>,
+        /// Stop once caught up and idle this long (for scripts).
+        #[arg(long, value_parser = replication::parse_duration)]
+        exit_when_idle: Option<Duration>,
+        /// Print the final report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a database from a replica as of its newest state, a TXID, or a time;
+    /// checked by stock SQLite's integrity_check before it is moved into place.
+    Restore {
+        /// The replica: s3://BUCKET/PREFIX or file:///DIR.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The database to write (must not exist).
+        #[arg(long, value_name = "DB")]
+        to: PathBuf,
+        /// S3 endpoint (default: AWS_ENDPOINT_URL, else AWS).
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+        /// The newest state at or before this TXID.
+        #[arg(long, conflicts_with = "at")]
+        txid: Option<u64>,
+        /// The newest state shipped at or before this time (RFC 3339 UTC or ms since the epoch).
+        #[arg(long, value_parser = replication::parse_time)]
+        at: Option<i64>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replicas: `fsqlite replicas list --from URL`.
+    Replicas {
+        #[command(subcommand)]
+        action: ReplicasAction,
+    },
     /// (internal) The concurrent writer process of `demo`.
     #[command(name = "__bank-writer", hide = true)]
     BankWriter {
@@ -230,6 +298,23 @@ enum Command {
         /// Run seed.
         #[arg(long, value_parser = parse_seed)]
         seed: u64,
+    },
+}
+
+/// `fsqlite replicas` actions.
+#[derive(Debug, Subcommand)]
+enum ReplicasAction {
+    /// Show the generations (snapshots), files and the covered time range.
+    List {
+        /// The replica: s3://BUCKET/PREFIX or file:///DIR.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// S3 endpoint.
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -445,6 +530,96 @@ fn run(command: Command) -> CliResult<ExitStatus> {
             })?;
             Ok(ExitStatus::Success)
         }
+        Command::Replicate {
+            db,
+            to,
+            endpoint,
+            interval,
+            snapshot_interval,
+            checkpoint_frames,
+            per_commit,
+            retain,
+            duration,
+            exit_when_idle,
+            json,
+        } => {
+            let replica = replication::open_replica(&to, endpoint.as_deref())?;
+            let opts = replication::ReplicateOptions {
+                interval,
+                duration,
+                exit_when_idle,
+                retain,
+                follow: FollowOptions {
+                    snapshot_interval: Some(snapshot_interval),
+                    checkpoint_frames: (checkpoint_frames > 0).then_some(checkpoint_frames),
+                    max_txids_per_file: if per_commit { 1 } else { u64::MAX },
+                    ..FollowOptions::default()
+                },
+            };
+            let r = replication::replicate(&db, replica, &opts)?;
+            if json {
+                print_json(&r)?;
+            }
+            Ok(ExitStatus::Success)
+        }
+        Command::Restore {
+            from,
+            to,
+            endpoint,
+            txid,
+            at,
+            json,
+        } => {
+            let replica = replication::open_replica(&from, endpoint.as_deref())?;
+            let target = match (txid, at) {
+                (Some(t), _) => Target::Txid(t),
+                (None, Some(ms)) => Target::TimeMs(ms),
+                (None, None) => Target::Latest,
+            };
+            let r = replication::restore(&replica, &to, target)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                emit(&format!(
+                    "restored {} at TXID {} (shipped {}): {} pages of {} bytes from {} files ({} bytes) in {:.2}s; integrity_check ok\n",
+                    r.db.display(),
+                    r.txid,
+                    r.shipped_at,
+                    r.pages,
+                    r.page_size,
+                    r.files,
+                    r.bytes,
+                    r.seconds
+                ));
+            }
+            Ok(ExitStatus::Success)
+        }
+        Command::Replicas {
+            action:
+                ReplicasAction::List {
+                    from,
+                    endpoint,
+                    json,
+                },
+        } => {
+            let replica = replication::open_replica(&from, endpoint.as_deref())?;
+            let (summary, text) = replication::list(&replica)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "url": summary.url,
+                    "last_txid": summary.last_txid,
+                    "restorable_from": summary.restorable_from,
+                    "commit_files": summary.commit_files,
+                    "bytes": summary.bytes,
+                    "first_ms": summary.first_ms,
+                    "last_ms": summary.last_ms,
+                    "snapshots": summary.snapshots.iter().map(|(t, ms, p, b)| serde_json::json!({"txid": t, "ms": ms, "pages": p, "bytes": b})).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                emit(&text);
+            }
+            Ok(ExitStatus::Success)
+        }
         Command::Writer { db, id, seed } => {
             torture::run_writer(&WriterArgs { db, id, seed })?;
             Ok(ExitStatus::Success)
@@ -463,6 +638,11 @@ fn main() -> ExitCode {
             | Command::Recover { json: true, .. }
             | Command::Torture { json: true, .. }
             | Command::Demo { json: true, .. }
+            | Command::Replicate { json: true, .. }
+            | Command::Restore { json: true, .. }
+            | Command::Replicas {
+                action: ReplicasAction::List { json: true, .. }
+            }
     );
     match run(cli.command) {
         Ok(status) => ExitCode::from(status.code()),

@@ -68,6 +68,30 @@ impl<T: Objects + ?Sized> Objects for &T {
     }
 }
 
+impl<T: Objects + ?Sized> Objects for Box<T> {
+    fn put_if_absent(&self, key: &str, bytes: &[u8]) -> Result<bool> {
+        (**self).put_if_absent(key, bytes)
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        (**self).get(key)
+    }
+    fn get_prefix(&self, key: &str, len: usize) -> Result<Option<Vec<u8>>> {
+        (**self).get_prefix(key, len)
+    }
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        (**self).get_many(keys)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        (**self).list(prefix)
+    }
+    fn delete(&self, key: &str) -> Result<()> {
+        (**self).delete(key)
+    }
+    fn url(&self, key: &str) -> String {
+        (**self).url(key)
+    }
+}
+
 /// A directory as an object store (keys are relative paths). Creates are atomic: the
 /// bytes go to a temporary file, are fsynced, and are linked into place only if the
 /// name is free.

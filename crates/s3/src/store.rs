@@ -308,23 +308,23 @@ impl fsqlite_replicate::replica::Objects for Store {
             .iter()
             .map(|k| self.path(k))
             .collect::<Result<Vec<_>>>()?;
-        let results: Vec<std::result::Result<Option<Vec<u8>>, (usize, object_store::Error)>> =
-            self.rt.block_on(async {
-                futures::stream::iter(paths.iter().enumerate())
-                    .map(|(i, p)| async move {
-                        match self.s3.get(p).await {
-                            Ok(got) => match got.bytes().await {
-                                Ok(b) => Ok(Some(b.to_vec())),
-                                Err(e) => Err((i, e)),
-                            },
-                            Err(object_store::Error::NotFound { .. }) => Ok(None),
+        type Fetched = std::result::Result<Option<Vec<u8>>, (usize, object_store::Error)>;
+        let results: Vec<Fetched> = self.rt.block_on(async {
+            futures::stream::iter(paths.iter().enumerate())
+                .map(|(i, p)| async move {
+                    match self.s3.get(p).await {
+                        Ok(got) => match got.bytes().await {
+                            Ok(b) => Ok(Some(b.to_vec())),
                             Err(e) => Err((i, e)),
-                        }
-                    })
-                    .buffered(GET_CONCURRENCY)
-                    .collect()
-                    .await
-            });
+                        },
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err((i, e)),
+                    }
+                })
+                .buffered(GET_CONCURRENCY)
+                .collect()
+                .await
+        });
         results
             .into_iter()
             .map(|r| r.map_err(|(i, e)| self.err("S3 GET", &keys[i], &e)))
@@ -343,4 +343,3 @@ impl fsqlite_replicate::replica::Objects for Store {
         Store::url(self, key)
     }
 }
-
