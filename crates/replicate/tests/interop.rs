@@ -438,3 +438,62 @@ fn we_restore_litestreams_replica() {
         files.len()
     );
 }
+
+/// What the live follower ships (stock SQLite writing, the follower's own WAL restarts, a
+/// scheduled snapshot in the middle) is restored by a real Litestream, at the end and at
+/// earlier TXIDs, equal to what we restore ourselves.
+#[test]
+fn litestream_restores_what_the_follower_ships() {
+    use fsqlite_replicate::follow::{FollowOptions, Follower};
+    use fsqlite_replicate::replica::{DirObjects, Replica, Target};
+    check_version();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("live.db");
+    let conn = Connection::open(&db).expect("open");
+    conn.pragma_update(None, "journal_mode", "wal").expect("wal");
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);")
+        .expect("schema");
+    let root = dir.path().join("replica");
+    let opts = FollowOptions {
+        max_txids_per_file: 1,
+        checkpoint_frames: Some(40),
+        snapshot_every_txids: Some(15),
+        ..FollowOptions::default()
+    };
+    let mut f = Follower::open(
+        std::sync::Arc::new(fsqlite_vfs::UnixVfs::new()),
+        &db,
+        Replica::new(DirObjects::new(&root), ""),
+        opts,
+    )
+    .expect("follower");
+    f.poll().expect("first poll");
+    for i in 0..40 {
+        fill(&conn, i * 10, 10, 200);
+        if i % 4 == 0 {
+            f.poll().expect("poll");
+        }
+    }
+    f.poll().expect("last poll");
+    let st = f.status();
+    assert!(st.wal_restarts > 0 && st.snapshots > 1, "{st:?}");
+    let url = format!("file://{}", root.display());
+    for target in [Target::Latest, Target::Txid(7), Target::Txid(st.txid - 3)] {
+        let (ours, rep) = f.sink().restore_image(target).expect("our restore");
+        let out = dir.path().join(format!("ls-{}.db", rep.txid));
+        let mut cmd = litestream();
+        cmd.arg("restore").arg("-o").arg(&out);
+        if let Target::Txid(t) = target {
+            cmd.arg("-txid").arg(format!("{t:016x}"));
+        }
+        let res = cmd.arg(&url).output().expect("run litestream restore");
+        assert!(
+            res.status.success(),
+            "litestream restore {target:?} failed: {}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        let theirs = fs::read(&out).expect("read");
+        assert!(theirs == ours, "Litestream's restore at {target:?} differs from ours");
+        integrity_ok(&out);
+    }
+}
