@@ -812,7 +812,10 @@ impl<V: Vfs, S: Sink> Follower<V, S> {
             return Ok(());
         }
         self.hold.unpin(&cx);
+        // Never wait for the WRITE lock or readers: a busy answer just means "later".
+        self.reader.set_busy_handler(Some(Arc::new(|_| false)));
         let out = self.reader.checkpoint_truncate_at(&cx, &expect);
+        self.reader.set_busy_handler(None);
         let restarted = match out {
             Ok(o) => !o.busy,
             Err(FrankenError::Busy) => false,

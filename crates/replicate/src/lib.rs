@@ -24,6 +24,7 @@
 pub mod follow;
 pub mod ltx;
 pub mod replica;
+pub mod sync;
 
 /// The body of the `ltx_decode` fuzz target: decodes `data`; if it decodes, encodes the
 /// result again, decodes that, and checks that both decodings agree.

@@ -450,7 +450,8 @@ fn litestream_restores_what_the_follower_ships() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("live.db");
     let conn = Connection::open(&db).expect("open");
-    conn.pragma_update(None, "journal_mode", "wal").expect("wal");
+    conn.pragma_update(None, "journal_mode", "wal")
+        .expect("wal");
     conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);")
         .expect("schema");
     let root = dir.path().join("replica");
@@ -493,7 +494,10 @@ fn litestream_restores_what_the_follower_ships() {
             String::from_utf8_lossy(&res.stderr)
         );
         let theirs = fs::read(&out).expect("read");
-        assert!(theirs == ours, "Litestream's restore at {target:?} differs from ours");
+        assert!(
+            theirs == ours,
+            "Litestream's restore at {target:?} differs from ours"
+        );
         integrity_ok(&out);
     }
 }
