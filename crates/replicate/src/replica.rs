@@ -339,13 +339,10 @@ impl<O: Objects> Replica<O> {
         if !self.objects.put_if_absent(&k, bytes)? {
             let same = self.objects.get(&k)?.is_some_and(|b| b == bytes);
             if !same {
-                return Err(FrankenError::io(
-                    "storing a replica file",
-                    Some(PathBuf::from(self.objects.url(&k))),
-                    io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        "a different file for the same TXIDs is already there: is another replicator writing to this replica? (give each database its own prefix)",
-                    ),
+                // Not retried: a second writer on one replica is a configuration error.
+                return Err(FrankenError::cannot_open(
+                    self.objects.url(&k),
+                    "a different file for the same TXIDs is already there: is another replicator writing to this replica? (give each database its own prefix)",
                 ));
             }
         }
