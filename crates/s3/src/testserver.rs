@@ -302,3 +302,115 @@ fn http_answers(addr: &str) -> bool {
     let mut buf = [0u8; 12];
     matches!(s.read(&mut buf), Ok(n) if n >= 5 && buf.starts_with(b"HTTP/"))
 }
+
+/// A moto S3 server (`python3 -m moto.server`, from `pip install "moto[server]"`) on
+/// 127.0.0.1, started in its own process group and stopped by it; the bucket [`BUCKET`]
+/// is created at start. Moto accepts any credentials; it honours conditional creates.
+pub struct MotoServer {
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The install hint for moto.
+pub const MOTO_HINT: &str =
+    "moto's server was not found: install it with `pip install \"moto[server]==5.2.5\"`";
+
+impl MotoServer {
+    /// Starts moto and creates the bucket.
+    pub fn start() -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("moto")
+            .tempdir()
+            .map_err(|e| format!("tempdir: {e}"))?;
+        let port = free_ports(1)?[0];
+        let log = dir.path().join("moto.log");
+        let out = fs::File::create(&log).map_err(|e| format!("moto.log: {e}"))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("starting moto: {e}; {MOTO_HINT}"))?;
+        let mut s = Self {
+            child: Some(child),
+            port,
+            log,
+            _dir: dir,
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http_answers(&addr) {
+            if let Some(c) = s.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                let log = fs::read_to_string(&s.log).unwrap_or_default();
+                return Err(format!(
+                    "moto exited during start-up ({st}); {MOTO_HINT}\n{log}"
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("moto did not answer on {addr} within 30 s"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Create the bucket (moto takes an unsigned request).
+        let mut c = TcpStream::connect(&addr).map_err(|e| format!("moto: {e}"))?;
+        let req = format!(
+            "PUT /{BUCKET} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        c.write_all(req.as_bytes())
+            .map_err(|e| format!("moto: {e}"))?;
+        let mut reply = String::new();
+        let _ = c.read_to_string(&mut reply);
+        if !reply.starts_with("HTTP/1.1 200") {
+            s.stop();
+            return Err(format!("moto refused to create the bucket: {reply}"));
+        }
+        Ok(s)
+    }
+
+    /// The endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A client configuration for the bucket.
+    pub fn config(&self) -> S3Config {
+        S3Config::new(self.endpoint(), BUCKET, ACCESS_KEY, SECRET_KEY)
+    }
+
+    /// Stops moto (SIGTERM to its group, SIGKILL after 5 s).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pg = format!("-{}", c.id());
+            let _ = Command::new("kill").args(["-TERM", "--", &pg]).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !matches!(c.try_wait(), Ok(Some(_))) {
+                if Instant::now() > deadline {
+                    let _ = Command::new("kill").args(["-KILL", "--", &pg]).status();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
