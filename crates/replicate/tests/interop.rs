@@ -502,9 +502,9 @@ fn litestream_restores_what_the_follower_ships() {
     }
 }
 
-/// Coexistence: a real Litestream replicates a database that fsqlite's `Coordinator`
-/// writes (4 threads) while a plain `Wal` connection of ours runs PASSIVE and TRUNCATE
-/// checkpoints. The coordinator runs in `FileLockOnly` mode (SQLite's own lock protocol,
+/// Coexistence: a real Litestream replicates a database that fsqlite writes (4 `Wal`
+/// writer threads, beside a `Coordinator` held open) while a plain `Wal` connection of
+/// ours runs PASSIVE and TRUNCATE checkpoints. The coordinator runs in `FileLockOnly` mode (SQLite's own lock protocol,
 /// the write lock per transaction): Litestream is a *writer* (it keeps a
 /// `_litestream_seq` table in the database), and in `HybridShm` mode the coordinator holds
 /// the WAL write lock for its whole life, so Litestream's writes answer SQLITE_BUSY there
@@ -587,42 +587,36 @@ fn litestream_replicates_what_the_coordinator_writes_and_checkpoints() {
     let finished = std::sync::atomic::AtomicU32::new(0);
     let (mut ok_ckpt, mut busy_ckpt) = (0u32, 0u32);
     std::thread::scope(|s| {
-        // Two threads commit through the coordinator's blind commit, two through their
-        // own `Wal` connections; all keep the database size SQLite's own writer
-        // (Litestream) may have grown it to.
+        // Each thread commits through its own `Wal` connection, reading the database
+        // size under the write lock, so the size SQLite's own writer (Litestream) may
+        // have grown it to is kept. (A blind `Coordinator::commit` names its size up
+        // front, which a foreign writer can change in between: not usable here.)
         for t in 0..THREADS {
-            let (coord, vfs, db, finished) = (&coord, &vfs, &db, &finished);
+            let (vfs, db, finished) = (&vfs, &db, &finished);
             s.spawn(move || {
                 let cx = Cx::new();
                 let page = PageNumber::new(base + 1 + t).expect("page");
-                let mut own = (t % 2 == 1).then(|| {
-                    Wal::open(
-                        &cx,
-                        Arc::clone(vfs),
-                        db,
-                        WalOptions {
-                            auto_checkpoint: None,
-                            checkpoint_on_close: false,
-                            ..WalOptions::default()
-                        },
-                    )
-                    .expect("writer")
-                });
+                let mut own = Wal::open(
+                    &cx,
+                    Arc::clone(vfs),
+                    db,
+                    WalOptions {
+                        auto_checkpoint: None,
+                        checkpoint_on_close: false,
+                        ..WalOptions::default()
+                    },
+                )
+                .expect("writer");
                 for n in 1..=COMMITS {
                     let mut buf = vec![0u8; ps];
                     buf[..4].copy_from_slice(&n.to_be_bytes());
                     buf[4..8].copy_from_slice(&t.to_be_bytes());
                     loop {
-                        let r = match own.as_mut() {
-                            Some(w) => w.begin_write(&cx).and_then(|mut txn| {
-                                let sz = txn.db_size().max(size);
-                                txn.write_page(&cx, page, &buf)?;
-                                txn.commit(&cx, sz)
-                            }),
-                            None => coord.db_size(&cx).and_then(|sz| {
-                                coord.commit(&cx, &[(page, &buf[..])], sz.max(size))
-                            }),
-                        };
+                        let r = own.begin_write(&cx).and_then(|mut txn| {
+                            let sz = txn.db_size().max(size);
+                            txn.write_page(&cx, page, &buf)?;
+                            txn.commit(&cx, sz)
+                        });
                         match r {
                             Ok(_) => break,
                             Err(e) => assert!(e.is_transient(), "thread {t} commit {n}: {e}"),
