@@ -334,3 +334,48 @@ fn failing_requests_are_retried_without_a_gap_or_a_duplicate() {
     }
     assert_eq!(next, st.txid + 1);
 }
+
+#[test]
+fn retention_keeps_every_point_inside_the_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("src.db");
+    let c = writer(&db);
+    let replica = Replica::new(DirObjects::new(dir.path().join("replica")), "r");
+    let mut f = Follower::open(Arc::new(UnixVfs::new()), &db, replica, opts()).expect("follower");
+    for i in 0..300i64 {
+        commit(&c, i);
+        f.poll().expect("poll");
+    }
+    let st = f.status();
+    assert!(st.snapshots >= 3, "{st:?}");
+    let r = f.sink();
+    let before = r.files().expect("files").len();
+    // A window reaching back before everything: nothing goes.
+    let now = fsqlite_replicate::replica::now_ms();
+    assert!(r.retain(3_600_000, now).expect("retain").is_empty());
+    assert_eq!(r.files().expect("files").len(), before);
+    // An empty window: only the newest snapshot and what follows it stay.
+    let newest_snap = r
+        .files()
+        .expect("files")
+        .iter()
+        .filter(|f| f.level == 9)
+        .map(|f| f.max_txid)
+        .max()
+        .expect("a snapshot");
+    let gone = r.retain(0, now + 1).expect("retain");
+    assert!(!gone.is_empty());
+    for f0 in r.files().expect("files") {
+        assert!(f0.max_txid >= newest_snap, "{f0:?} survived retention");
+    }
+    let want = checkpointed_copy(&db, dir.path(), 0);
+    let (img, rep) = r
+        .restore_image(Target::Latest)
+        .expect("restore after retention");
+    assert_eq!(rep.txid, st.txid);
+    assert!(img == want);
+    let e = r
+        .restore_image(Target::Txid(newest_snap - 1))
+        .expect_err("history before the window is gone");
+    assert!(e.to_string().contains("no snapshot at or before"), "{e}");
+}
