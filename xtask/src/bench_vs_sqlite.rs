@@ -13,6 +13,12 @@
 //!     delete the -shm, then a FRESH PROCESS (this binary re-executed, `__bench-child`):
 //!       sqlite: time open + `PRAGMA schema_version` (SQLite's WAL recovery runs here)
 //!       ours:   time `Wal::open` on UnixVfs (rebuilds the WAL-index from the WAL)
+//!       floor:  time reading the WAL's bytes once, nothing else: `pread` of 63 frames
+//!               of 4 KiB pages at a time into one buffer, one thread (what our scan
+//!               reads, without checksums, WAL-index, `-shm` or locks); a recovery that
+//!               checks every frame's checksum reads at least this much.
+//!               `FSQLITE_FLOOR_THREADS=2`: two threads claiming chunks in turn, as our
+//!               scan does
 //!   checkpoint, synchronous OFF and FULL: N rounds, alternating; each side gets a fresh,
 //!     fsynced copy (no -shm) and a fresh process:
 //!       sqlite: open, `PRAGMA synchronous`, schema read (recovery, untimed), then time
@@ -346,6 +352,59 @@ fn child_recover_ours(db: &Path) -> Result<Value, String> {
     }))
 }
 
+/// The read floor of a recovery (see the module doc): the `-wal` read once with
+/// `pread`, in the scan's chunks (63 frames of 4 KiB pages), by one thread, or with
+/// `FSQLITE_FLOOR_THREADS=2` by two threads claiming the chunks in turn (as the
+/// library's scan does).
+fn child_recover_floor(db: &Path) -> Result<Value, String> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::AtomicU64;
+    const BUF: usize = 63 * 4120;
+    let wal = sibling(db, "-wal");
+    let t = Instant::now();
+    let file = std::fs::File::open(&wal).map_err(|e| io_err("open", &wal, &e))?;
+    let len = file.metadata().map_err(|e| io_err("stat", &wal, &e))?.len();
+    // The scan's reads: whole 4 KiB-page frames (4,120 bytes), 63 of them (259,560
+    // bytes) at a time, from just past the 32-byte WAL header.
+    let next = AtomicU64::new(32);
+    let read_chunks = || -> Result<u64, String> {
+        let mut buf = vec![0u8; BUF];
+        let mut sum = 0u64;
+        loop {
+            let at = next.fetch_add(BUF as u64, Ordering::Relaxed);
+            if at >= len {
+                return Ok(sum);
+            }
+            let want = usize::try_from(len - at).unwrap_or(BUF).min(BUF);
+            let got = file
+                .read_at(&mut buf[..want], at)
+                .map_err(|e| io_err("pread", &wal, &e))?;
+            // Use the bytes read, so that the read cannot be optimised away.
+            if let Some(&b) = buf[..got].last() {
+                sum = sum.wrapping_add(u64::from(b));
+            }
+        }
+    };
+    let two = std::env::var("FSQLITE_FLOOR_THREADS").is_ok_and(|v| v == "2");
+    let sum = if two {
+        let (a, b) = std::thread::scope(|s| {
+            let helper = s.spawn(read_chunks);
+            let own = read_chunks();
+            (own, helper.join())
+        });
+        let b = b.map_err(|_| "the floor's read thread panicked".to_string())?;
+        a?.wrapping_add(b?)
+    } else {
+        read_chunks()?
+    };
+    let total = t.elapsed();
+    Ok(json!({
+        "ns": total.as_nanos() as u64,
+        "bytes": len,
+        "sum": sum,
+    }))
+}
+
 fn child_checkpoint_sqlite(db: &Path, sync: SyncMode) -> Result<Value, String> {
     let conn = open_sqlite(db)?;
     conn.execute_batch(&format!("PRAGMA synchronous={}", sync_name(sync)))
@@ -420,6 +479,7 @@ pub fn child(args: &[String]) -> Result<(), String> {
     let v = match kind {
         "recover-sqlite" => child_recover_sqlite(&db)?,
         "recover-ours" => child_recover_ours(&db)?,
+        "recover-floor" => child_recover_floor(&db)?,
         "ckpt-sqlite" => child_checkpoint_sqlite(&db, sync()?)?,
         "ckpt-ours" => child_checkpoint_ours(&db, sync()?)?,
         other => return Err(format!("unknown bench child {other:?}")),
@@ -567,6 +627,12 @@ fn bench_size(
         sqlite: Vec::new(),
         target: 0.25,
     };
+    let mut floor = Figure {
+        name: format!("recovery {mib} MiB, read floor (WAL `pread` only)"),
+        ours: Vec::new(),
+        sqlite: Vec::new(),
+        target: 0.25,
+    };
     let mut ours_heap = 0u64;
     let mut ours_rss = 0u64;
     let mut sqlite_rss = 0u64;
@@ -578,15 +644,17 @@ fn bench_size(
     let mut frames = None;
     for round in 0..reps {
         let order = if round % 2 == 0 {
-            ["recover-sqlite", "recover-ours"]
+            ["recover-sqlite", "recover-ours", "recover-floor"]
         } else {
-            ["recover-ours", "recover-sqlite"]
+            ["recover-floor", "recover-ours", "recover-sqlite"]
         };
         for kind in order {
             remove_shm(&rec)?;
             let v = measure(kind, &rec, None)?;
             let rss = v["vmhwm_kib"].as_u64().unwrap_or(0);
-            if kind == "recover-ours" {
+            if kind == "recover-floor" {
+                floor.ours.push(ns_of(&v));
+            } else if kind == "recover-ours" {
                 fig.ours.push(ns_of(&v));
                 ours_heap = ours_heap.max(v["heap_peak_bytes"].as_u64().unwrap_or(0));
                 ours_rss = ours_rss.max(rss);
@@ -604,8 +672,12 @@ fn bench_size(
         "frames": frames,
         "ours_ns": fig.ours,
         "sqlite_ns": fig.sqlite,
+        "floor_ns": floor.ours,
     });
+    // The floor is compared with the same rounds' SQLite times.
+    floor.sqlite.clone_from(&fig.sqlite);
     figures.push(fig);
+    figures.push(floor);
 
     // Checkpoint TRUNCATE, synchronous OFF and FULL, on fresh copies.
     let ours_db = dir.join(format!("ckpt-ours{mib}.db"));
