@@ -6,6 +6,7 @@
 //! | `loom [--bound N]` | the loom models (release, `--cfg loom`, bounded preemptions) |
 //! | `bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep]` | recovery and TRUNCATE checkpoint side by side with SQLite on identical WAL copies (release; see `xtask/src/bench_vs_sqlite.rs` and `docs/BENCHMARKS.md`) |
 //! | `bench-concurrent [--secs S] [--quick] [--writers 1,8] [--sync full,normal] [--pattern disjoint,random,hot] [--rows N] [--rounds N] [--dir DIR] [--keep] [--sqlite-autocheckpoint N] [--side ours|sqlite] [--processes 1,2,4]` | `BEGIN CONCURRENT` writers side by side with SQLite, one connection per thread (release; see `xtask/src/bench_concurrent.rs` and `docs/BENCHMARKS.md`) |
+//! | `bench-replication [--quick \| --full] [--rate N] [--secs S] [--restore-mib M] [--restore-commits N] [--reps N] [--sync-secs S] [--threads N] [--only lag,restore,sync] [--dir DIR] [--keep]` | replication side by side with a real Litestream 0.5 on a local SeaweedFS: lag, uploads per commit, restore time, synchronous vs asynchronous commits/s (release; see `xtask/src/bench_replication.rs` and `docs/BENCHMARKS.md`) |
 //! | `kill9 [--budget-secs N] [--seed S] [--keep-going]` | the multi-process kill -9 soak (release) until the budget ends; writes `target/test-stats/kill9.json` (see [`kill9`]) |
 //! | `kill9 --concurrent [--budget-secs N] [--seed S]` | the kill -9 soak of `BEGIN CONCURRENT` writers, one process of 8 threads or 2-4 member processes (release) until the budget ends; writes `target/test-stats/kill9_concurrent.json` (see [`kill9`]) |
 //! | `reliability [--budget-secs N] [--seed S] [--coverage]`, `crash-sim`, `io-fault`, `diff-case`, `fuzz [--budget-secs N]` | the reliability suite, the fault-coverage table, and the replays (see [`reliability`]) |
@@ -14,6 +15,7 @@
 //! Long runs live here, never in CI: each takes a budget and writes its figures.
 
 mod bench_concurrent;
+mod bench_replication;
 mod bench_vs_sqlite;
 mod kill9;
 mod reliability;
@@ -122,7 +124,7 @@ fn ci() -> Result<(), String> {
 }
 
 fn usage() -> String {
-    "usage: cargo xtask <ci | loom [--bound N] | bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep] | bench-concurrent [--secs S] [--quick] [--writers 1,8] [--sync full,normal] [--pattern disjoint,random,hot] [--rows N] [--rounds N] [--dir DIR] [--keep] [--sqlite-autocheckpoint N] [--side ours|sqlite] [--processes 1,2,4] | kill9 [--concurrent] [--budget-secs N] [--seed S] [--keep-going] | reliability [--budget-secs N] [--seed S] [--coverage] | soak [--minutes N] [--seed S] [--round-minutes R] [--no-docs] | crash-sim --seed S --workload W --case K | io-fault ... | diff-case --seed S --case C | fuzz [--budget-secs N]>"
+    "usage: cargo xtask <ci | loom [--bound N] | bench-vs-sqlite [--sizes 64,256] [--reps N] [--dir DIR] [--keep] | bench-concurrent [--secs S] [--quick] [--writers 1,8] [--sync full,normal] [--pattern disjoint,random,hot] [--rows N] [--rounds N] [--dir DIR] [--keep] [--sqlite-autocheckpoint N] [--side ours|sqlite] [--processes 1,2,4] | bench-replication [--quick | --full] [--rate N] [--secs S] [--restore-mib M] [--restore-commits N] [--reps N] [--sync-secs S] [--threads N] [--only lag,restore,sync] [--dir DIR] [--keep] | kill9 [--concurrent] [--budget-secs N] [--seed S] [--keep-going] | reliability [--budget-secs N] [--seed S] [--coverage] | soak [--minutes N] [--seed S] [--round-minutes R] [--no-docs] | crash-sim --seed S --workload W --case K | io-fault ... | diff-case --seed S --case C | fuzz [--budget-secs N]>"
         .to_string()
 }
 
@@ -148,6 +150,7 @@ fn main() -> ExitCode {
             .and_then(|b| loom(u32::try_from(b.unwrap_or(2)).unwrap_or(2))),
         Some("bench-vs-sqlite") => bench_vs_sqlite::run(&args[1..]),
         Some("bench-concurrent") => bench_concurrent::run(&args[1..]),
+        Some("bench-replication") => bench_replication::run(&args[1..]),
         Some("kill9") => kill9::run(&args[1..]),
         Some("reliability") => reliability::reliability(&args[1..]),
         Some("soak") => soak::run(&args[1..]),
