@@ -226,6 +226,8 @@ pub struct Follower<V: Vfs, S: Sink> {
     hold: Wal<V>,
     scout: Wal<V>,
     reader: Wal<V>,
+    /// Runs the follower's own checkpoints (taken out while one runs).
+    ckpt: Option<Wal<V>>,
     wal_file: Option<V::File>,
     page_size: u32,
     big_endian: Option<bool>,
@@ -282,6 +284,7 @@ impl<V: Vfs, S: Sink> Follower<V, S> {
         let hold = Wal::open(&cx, Arc::clone(&vfs), &db_path, wopts())?;
         let scout = Wal::open(&cx, Arc::clone(&vfs), &db_path, wopts())?;
         let reader = Wal::open(&cx, Arc::clone(&vfs), &db_path, wopts())?;
+        let ckpt = Wal::open(&cx, Arc::clone(&vfs), &db_path, wopts())?;
         let page_size = hold.page_size();
         let mut wal_path = db_path.clone().into_os_string();
         wal_path.push("-wal");
@@ -293,6 +296,7 @@ impl<V: Vfs, S: Sink> Follower<V, S> {
             hold,
             scout,
             reader,
+            ckpt: Some(ckpt),
             wal_file: None,
             page_size,
             big_endian: None,
@@ -796,7 +800,11 @@ impl<V: Vfs, S: Sink> Follower<V, S> {
         )
     }
 
-    /// Lets the WAL start over when it is long and everything in it is stored.
+    /// Lets the WAL start over when it is long and everything in it is stored: a
+    /// TRUNCATE checkpoint whose hand-off (under the WRITE lock, so no commit comes in)
+    /// first ships whatever was committed since the poll. Below 4× the limit it gives way
+    /// at once when a writer holds the lock; past that it waits for the lock (a bounded
+    /// stall of the writers), so a writer that never pauses cannot grow the WAL forever.
     fn maybe_checkpoint(&mut self, events: &mut Vec<Event>) -> Result<()> {
         let (Some(limit), Some(pos)) = (self.opts.checkpoint_frames, self.pos) else {
             return Ok(());
@@ -804,56 +812,86 @@ impl<V: Vfs, S: Sink> Follower<V, S> {
         if pos.frame < limit.max(1) || !self.pending.is_empty() {
             return Ok(());
         }
-        let cx = self.cx.clone();
-        // The hold's mark is at the last shipped commit; the expectation is that commit.
-        let expect = self.hold.pin(&cx)?;
-        if expect.mx_frame() != pos.frame || expect.salts() != pos.salts {
-            // Commits came in since the poll: ship them first (next poll).
+        let Some(mut ck) = self.ckpt.take() else {
             return Ok(());
-        }
-        self.hold.unpin(&cx);
-        // Never wait for the WRITE lock or readers: a busy answer just means "later".
-        self.reader.set_busy_handler(Some(Arc::new(|_| false)));
-        let out = self.reader.checkpoint_truncate_at(&cx, &expect);
-        self.reader.set_busy_handler(None);
+        };
+        let cx = self.cx.clone();
+        let far = pos.frame >= limit.saturating_mul(4);
+        ck.set_busy_handler(Some(if far {
+            Arc::new(|attempt| attempt < 400)
+        } else {
+            Arc::new(|_| false)
+        }));
+        let mut handed_off: Option<[u32; 2]> = None;
+        let out = ck.checkpoint_truncate_with(&cx, |now| {
+            let Some(p) = self.pos else {
+                return Ok(false);
+            };
+            if now.salts() != p.salts || now.mx_frame() < p.frame {
+                return Ok(false);
+            }
+            if now.mx_frame() > p.frame {
+                let snap = self.scout.pin(&cx)?;
+                if snap.mx_frame() != now.mx_frame() || snap.salts() != now.salts() {
+                    return Ok(false);
+                }
+                self.ship_frames(p, &snap)?;
+                if !self.flush_pending(events)? {
+                    return Ok(false);
+                }
+                std::mem::swap(&mut self.hold, &mut self.scout);
+                self.scout.unpin(&cx);
+            }
+            // Everything up to `now` is stored and no commit can come in: the mark may
+            // go, so the restart can happen.
+            self.hold.unpin(&cx);
+            handed_off = Some(now.salts());
+            Ok(true)
+        });
+        ck.set_busy_handler(None);
         let restarted = match out {
-            Ok(o) => !o.busy,
+            Ok(o) => !o.busy && handed_off.is_some(),
             Err(FrankenError::Busy) => false,
             Err(e) => {
+                ck.unpin(&cx);
+                self.ckpt = Some(ck);
                 // Re-pin before giving the error back: the guard must not lapse.
                 self.hold.pin(&cx)?;
                 return Err(e);
             }
         };
-        let new_salts = self.reader.cached_header().wal_salts();
-        let again = self.hold.pin(&cx)?;
-        self.status.wal_frames = again.mx_frame();
-        if restarted
-            && new_salts != pos.salts
-            && (again.mx_frame() == 0 || again.salts() == new_salts)
-        {
+        let Some(pos) = self.pos else {
+            self.ckpt = Some(ck);
+            return Ok(());
+        };
+        if restarted {
+            // `ck` holds a pin on the empty, restarted WAL, taken before the WRITE lock
+            // went: it becomes the hold, and whatever salts the next writer picks
+            // continue from the last shipped commit.
+            let new_salts = ck.cached_header().wal_salts();
+            std::mem::swap(&mut self.hold, &mut ck);
+            ck.unpin(&cx);
+            self.ckpt = Some(ck);
             tracing::info!(target: TRACE, frames = pos.frame, "WAL restarted after the last shipped frame");
             self.status.wal_restarts += 1;
+            self.status.wal_frames = 0;
             events.push(Event::WalRestarted { frames: pos.frame });
-            // Proven: the restart came right after the last shipped commit (the WRITE
-            // lock was held from the check to the restart), and the mark is held again
-            // with nothing written in between (or written with the restart's salts).
             let next = Pos {
                 frame: 0,
-                salts: if again.mx_frame() == 0 {
-                    new_salts
-                } else {
-                    again.salts()
-                },
+                salts: new_salts,
                 cksum: None,
-                any_salts: again.mx_frame() == 0,
+                any_salts: true,
                 ..pos
             };
             self.big_endian = None;
             self.pos = Some(next);
             self.status.frame = 0;
             self.status.salts = new_salts;
+            return Ok(());
         }
+        self.ckpt = Some(ck);
+        let again = self.hold.pin(&cx)?;
+        self.status.wal_frames = again.mx_frame();
         // If another connection restarted the WAL in the short window without a mark,
         // the next poll sees salts it cannot prove and starts a new generation.
         Ok(())

@@ -379,3 +379,48 @@ fn retention_keeps_every_point_inside_the_window() {
         .expect_err("history before the window is gone");
     assert!(e.to_string().contains("no snapshot at or before"), "{e}");
 }
+
+/// A writer that never pauses: the follower's hand-off (shipping the tail under the
+/// WRITE lock, then restarting) keeps the WAL bounded, without a new generation.
+#[test]
+fn a_writer_that_never_pauses_does_not_grow_the_wal_forever() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("src.db");
+    drop(writer(&db)); // the schema
+    let replica = Replica::new(DirObjects::new(dir.path().join("replica")), "busy");
+    let mut f = Follower::open(Arc::new(UnixVfs::new()), &db, replica, opts()).expect("follower");
+    f.poll().expect("first poll");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut most = 0u32;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let w = writer(&db);
+            // The hand-off holds the WRITE lock while it ships the tail: a writer waits.
+            w.busy_timeout(std::time::Duration::from_secs(10))
+                .expect("busy timeout");
+            let mut i = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                commit(&w, i);
+                i += 1;
+            }
+        });
+        for _ in 0..60 {
+            f.poll().expect("poll");
+            most = most.max(f.status().wal_frames);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    f.poll().expect("last poll");
+    let st = f.status();
+    assert!(st.wal_restarts > 0, "the WAL never started over: {st:?}");
+    assert_eq!(st.generations, 1, "{st:?}");
+    let want = checkpointed_copy(&db, dir.path(), 0);
+    let (img, rep) = f.sink().restore_image(Target::Latest).expect("restore");
+    assert_eq!(rep.txid, st.txid);
+    assert!(img == want, "restore differs from the source");
+    eprintln!(
+        "continuous writer: {} restarts, at most {most} WAL frames, {st:?}",
+        st.wal_restarts
+    );
+}

@@ -86,6 +86,9 @@ use crate::wal_index::{
     WalIndexHdr, frame_region, load_header_copies, unsupported_version_error,
 };
 
+/// The hand-off of [`Wal::checkpoint_truncate_with`].
+type HandOff<'a> = dyn FnMut(&WalSnapshot) -> Result<bool> + 'a;
+
 /// Read attempts before `Protocol` (SQLite's limit in `walTryBeginRead`).
 const MAX_READ_ATTEMPTS: u32 = 100;
 /// Bytes of page buffers a connection keeps for reuse between write transactions.
@@ -151,8 +154,6 @@ pub struct Wal<V: Vfs> {
     recoveries: u64,
     /// Test-only: checkpoints skip the database fsync of the recovery barrier.
     skip_barrier_for_tests: bool,
-    /// Set by [`Wal::checkpoint_truncate_at`] for the one checkpoint it runs.
-    ckpt_expect: Option<(u32, [u32; 2])>,
     /// Page → newest frame of the current WAL generation, up to the last snapshot.
     frame_map: FrameMap,
     /// The context of lock releases run from `Drop` (made once, not per transaction).
@@ -315,7 +316,6 @@ impl<V: Vfs> Wal<V> {
             n_ckpt: 0,
             recoveries: 0,
             skip_barrier_for_tests: false,
-            ckpt_expect: None,
             frame_map: FrameMap::new(),
             drop_cx: Cx::new(),
             spare_pages: Vec::new(),
@@ -560,9 +560,47 @@ impl<V: Vfs> Wal<V> {
         cx: &Cx,
         expect: &WalSnapshot,
     ) -> Result<CheckpointOutcome> {
-        self.ckpt_expect = Some((expect.mx_frame(), expect.salts()));
-        let r = self.checkpoint(cx, CheckpointMode::Truncate);
-        self.ckpt_expect = None;
+        let (mx, salts) = (expect.mx_frame(), expect.salts());
+        self.checkpoint_truncate_with(cx, |now| Ok(now.mx_frame() == mx && now.salts() == salts))
+    }
+
+    /// A TRUNCATE checkpoint with a hand-off: once this connection holds CKPT and the
+    /// WRITE lock (so no commit can come in), `before` is called with the WAL's current
+    /// end; it may do anything that needs no write lock (a replicator ships the frames up
+    /// to it through its other connections) and returns whether to go on. `false` (or no
+    /// WRITE lock) copies nothing and answers `busy`; `true` runs the checkpoint, and
+    /// when it is not busy the WAL restarted right after that end, and this connection
+    /// holds a pin ([`Wal::pin`]) on the restarted, empty WAL, taken before the WRITE
+    /// lock was released (so no frame of the new generation can be missed; release it
+    /// with [`Wal::unpin`]). Writers wait while `before` runs. Hold no read transaction
+    /// or pin on this connection while calling it.
+    pub fn checkpoint_truncate_with(
+        &mut self,
+        cx: &Cx,
+        mut before: impl FnMut(&WalSnapshot) -> Result<bool>,
+    ) -> Result<CheckpointOutcome> {
+        self.check_writable()?;
+        if !locks::try_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 1)? {
+            return Err(FrankenError::Busy);
+        }
+        let mut write_held = false;
+        let mut r = self.checkpoint_locked(
+            cx,
+            CheckpointMode::Truncate,
+            &mut write_held,
+            Some(&mut before),
+        );
+        if write_held && matches!(&r, Ok(o) if !o.busy) {
+            // Pinned before any writer can append: the new generation is followed from
+            // its first frame.
+            if let Err(e) = self.begin_read_slot(cx, None, true) {
+                r = Err(e);
+            }
+        }
+        if write_held {
+            self.unlock_write(cx);
+        }
+        let _ = locks::unlock_exclusive(&mut self.db, cx, WAL_CKPT_LOCK, 1);
         r
     }
 
@@ -889,7 +927,7 @@ impl<V: Vfs> Wal<V> {
             return Err(FrankenError::Busy);
         }
         let mut write_held = false;
-        let r = self.checkpoint_locked(cx, mode, &mut write_held);
+        let r = self.checkpoint_locked(cx, mode, &mut write_held, None);
         if write_held {
             self.unlock_write(cx);
         }
@@ -1533,6 +1571,7 @@ impl<V: Vfs> Wal<V> {
         cx: &Cx,
         mode: CheckpointMode,
         write_held: &mut bool,
+        before: Option<&mut HandOff<'_>>,
     ) -> Result<CheckpointOutcome> {
         let mut busy = false;
         let mut eff_mode = mode;
@@ -1553,9 +1592,11 @@ impl<V: Vfs> Wal<V> {
         }
         let r0 = self.region0(cx, false)?;
         let mx = self.hdr.mx_frame;
-        if let Some((want_mx, want_salts)) = self.ckpt_expect
-            && (!*write_held || mx != want_mx || self.hdr.wal_salts() != want_salts)
-        {
+        let go_on = match before {
+            Some(f) => *write_held && f(&WalSnapshot::from_header(self.hdr))?,
+            None => true,
+        };
+        if !go_on {
             return Ok(CheckpointOutcome {
                 busy: true,
                 log_frames: mx,
