@@ -261,3 +261,92 @@ fn kill9_at_every_point_of_an_upload_loses_no_acknowledged_commit() {
         "no commit was acknowledged: {acked:?}"
     );
 }
+
+/// Concurrent writers, asynchronous following: after each burst of `BEGIN CONCURRENT`
+/// commits from 4 threads, the follower ships; every such point restores byte for byte
+/// to the database as the coordinator reads it then (what a checkpoint writes).
+#[test]
+fn concurrent_writers_restore_byte_for_byte_at_every_shipped_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("cw.db");
+    let cx = Cx::new();
+    let vfs = Arc::new(UnixVfs::new());
+    let coord = Coordinator::open(&cx, Arc::clone(&vfs), &db, CoordinatorOptions::default())
+        .expect("coordinator");
+    coord
+        .commit(
+            &cx,
+            &(1..=5)
+                .map(|p| (PageNumber::new(p).expect("page"), &[0u8; PS][..]))
+                .collect::<Vec<_>>(),
+            5,
+        )
+        .expect("seed");
+    let replica = Replica::new(DirObjects::new(dir.path().join("replica")), "");
+    let opts = FollowOptions {
+        max_txids_per_file: 1,
+        checkpoint_frames: Some(50),
+        ..FollowOptions::default()
+    };
+    let mut f = Follower::open(Arc::clone(&vfs), &db, replica, opts).expect("follower");
+    let image = |coord: &Coordinator<UnixVfs>| {
+        let n = coord.db_size(&cx).expect("size");
+        let mut img = vec![0u8; n as usize * PS];
+        for (i, chunk) in img.chunks_mut(PS).enumerate() {
+            coord
+                .read_page(&cx, PageNumber::new(i as u32 + 1).expect("page"), chunk)
+                .expect("read");
+        }
+        img
+    };
+    let mut points = Vec::new();
+    for burst in 0..6u32 {
+        std::thread::scope(|s| {
+            for t in 0..4u32 {
+                let coord = &coord;
+                s.spawn(move || {
+                    let cx = Cx::new();
+                    // Each thread its own page, and every burst grows the database by one
+                    // page some thread writes (size changes ride along).
+                    let page = PageNumber::new(t + 2).expect("page");
+                    for n in 0..15u32 {
+                        let mut txn = coord.begin_concurrent(&cx).expect("begin");
+                        let mut buf = vec![0u8; PS];
+                        buf[..12].copy_from_slice(
+                            &[burst.to_be_bytes(), t.to_be_bytes(), n.to_be_bytes()].concat(),
+                        );
+                        txn.write_page(&cx, page, &buf).expect("write");
+                        let size = txn.db_size();
+                        txn.commit(&cx, size).expect("commit");
+                    }
+                });
+            }
+        });
+        let size = coord.db_size(&cx).expect("size");
+        let grow = vec![burst as u8 + 1; PS];
+        coord
+            .commit(
+                &cx,
+                &[(PageNumber::new(size + 1).expect("page"), &grow[..])],
+                size + 1,
+            )
+            .expect("grow");
+        f.poll().expect("poll");
+        assert_eq!(f.status().lag_frames(), 0);
+        points.push((f.status().txid, image(&coord)));
+    }
+    assert!(f.status().wal_restarts > 0 || f.status().wal_frames > 0);
+    for (txid, want) in &points {
+        let (img, rep) = f
+            .sink()
+            .restore_image(Target::Txid(*txid))
+            .expect("restore");
+        assert_eq!(rep.txid, *txid);
+        assert!(
+            img == *want,
+            "restore at TXID {txid} differs from the coordinator's database"
+        );
+    }
+    drop(f);
+    coord.close(&cx).expect("close");
+}
