@@ -103,11 +103,23 @@ impl Drop for Replicator {
 }
 
 fn commit(c: &Connection, i: i64) {
-    c.execute(
-        "INSERT OR REPLACE INTO t(id, v) VALUES (?1, randomblob(?2))",
-        rusqlite::params![i % 300, 100 + (i * 53 % 1500)],
-    )
-    .expect("insert");
+    // SQLite answers busy without waiting in some WAL-index races (a header being
+    // rewritten by the replicator's WAL restart); an application retries those.
+    for _ in 0..100 {
+        match c.execute(
+            "INSERT OR REPLACE INTO t(id, v) VALUES (?1, randomblob(?2))",
+            rusqlite::params![i % 300, 100 + (i * 53 % 1500)],
+        ) {
+            Ok(_) => return,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("insert: {e}"),
+        }
+    }
+    panic!("insert {i}: busy for 100 attempts");
 }
 
 fn checkpointed_copy(src: &Path, dir: &Path) -> Vec<u8> {

@@ -239,6 +239,9 @@ pub struct Follower<V: Vfs, S: Sink> {
     last_snapshot: (Instant, u64),
     /// When the oldest commit not yet stored was first seen.
     behind_since: Option<Instant>,
+    /// No waiting for the WRITE lock before this (a writer that holds it for long, such
+    /// as a `HybridShm` coordinator, made the last wait fail).
+    no_wait_until: Option<Instant>,
 }
 
 fn now_ms() -> i64 {
@@ -307,6 +310,7 @@ impl<V: Vfs, S: Sink> Follower<V, S> {
             status: FollowStatus::default(),
             last_snapshot: (Instant::now(), 0),
             behind_since: None,
+            no_wait_until: None,
         })
     }
 
@@ -816,9 +820,11 @@ impl<V: Vfs, S: Sink> Follower<V, S> {
             return Ok(());
         };
         let cx = self.cx.clone();
-        let far = pos.frame >= limit.saturating_mul(4);
+        let far = pos.frame >= limit.saturating_mul(4)
+            && self.no_wait_until.is_none_or(|t| Instant::now() >= t);
+        // About 100 ms of waiting at most (back-off 20 µs doubling to 5 ms).
         ck.set_busy_handler(Some(if far {
-            Arc::new(|attempt| attempt < 400)
+            Arc::new(|attempt| attempt < 30)
         } else {
             Arc::new(|_| false)
         }));
@@ -860,6 +866,10 @@ impl<V: Vfs, S: Sink> Follower<V, S> {
                 return Err(e);
             }
         };
+        if far && handed_off.is_none() {
+            // The lock stayed busy for the whole wait: do not stall every poll on it.
+            self.no_wait_until = Some(Instant::now() + Duration::from_secs(10));
+        }
         let Some(pos) = self.pos else {
             self.ckpt = Some(ck);
             return Ok(());
