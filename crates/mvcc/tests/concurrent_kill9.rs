@@ -284,9 +284,17 @@ fn kill9_concurrent_bank() {
     for round in 1..=ROUNDS {
         let mut child = bk.spawn_writer(TEST_NAME, THREADS, CHILD_LIFETIME, seed ^ round);
         wait_ready(&child, &format!("round {round}: the child"));
+        // A takeover recovers the previous process's WAL first, which on a loaded machine
+        // can take longer than the kill delay: the delay counts from the first
+        // acknowledgement of this round, so every round kills a child mid-work.
+        let first_ack = Instant::now() + Duration::from_secs(20);
+        while bk.acks().len() <= last_acks && Instant::now() < first_ack {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let delay = Duration::from_millis(rng.range(150, 450));
         std::thread::sleep(delay);
-        let ctx = format!("round {round}, killed {delay:?} after ready; {replay}");
+        let ctx =
+            format!("round {round}, killed {delay:?} after its first acknowledgement; {replay}");
         kill(&mut child, &format!("the child ({ctx})"));
         let ctx = format!("{ctx}; child stderr: {}", stderr_tail(&child, 3000));
         let acks = bk.acks();
