@@ -251,7 +251,7 @@ fn now_ms() -> i64 {
 }
 
 /// Frame number at a WAL byte offset (the frame that starts there is `n + 1`).
-fn frames_before(offset: i64, page_size: u32) -> Option<u32> {
+pub(crate) fn frames_before(offset: i64, page_size: u32) -> Option<u32> {
     let off = u64::try_from(offset).ok()?;
     let rel = off.checked_sub(WAL_HEADER_SIZE as u64)?;
     let fs = frame_size(page_size);

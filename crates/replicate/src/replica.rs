@@ -615,18 +615,12 @@ pub struct ReplicaSummary {
 }
 
 fn wal_end(h: &LtxHeader) -> ([u32; 2], u32) {
-    let end = h.wal_offset + h.wal_size;
-    let frame = u64::try_from(end - ltx_wal_header())
-        .ok()
-        .filter(|_| h.wal_offset > 0)
-        .map_or(0, |rel| {
-            u32::try_from(rel / (u64::from(h.page_size) + 24)).unwrap_or(0)
-        });
+    let frame = if h.wal_offset > 0 {
+        crate::follow::frames_before(h.wal_offset + h.wal_size, h.page_size).unwrap_or(0)
+    } else {
+        0
+    };
     ([h.wal_salt1, h.wal_salt2], frame)
-}
-
-const fn ltx_wal_header() -> i64 {
-    32
 }
 
 fn check_name(url: &str, f: &ReplicaFile, h: &LtxHeader) -> Result<()> {
