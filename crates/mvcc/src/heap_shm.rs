@@ -118,6 +118,18 @@ impl<F: VfsFile> VfsFile for HeapShmFile<F> {
         self.inner.sync(cx, flags)
     }
 
+    fn start_writeback(&mut self, cx: &Cx, offset: u64, len: u64) -> Result<()> {
+        self.inner.start_writeback(cx, offset, len)
+    }
+
+    fn can_sync_shared(&self) -> bool {
+        self.inner.can_sync_shared()
+    }
+
+    fn sync_shared(&self, cx: &Cx, flags: SyncFlags) -> Result<()> {
+        self.inner.sync_shared(cx, flags)
+    }
+
     fn file_size(&self, cx: &Cx) -> Result<u64> {
         self.inner.file_size(cx)
     }

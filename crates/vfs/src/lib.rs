@@ -11,9 +11,11 @@
 //!   Linux open-file-description locks, and the `-shm` mapped with `memmap2`, so a real
 //!   SQLite process on the same files is simply another connection.
 //!
-//! Beyond SQLite's methods, `VfsFile` has three optional ones with default bodies, which
+//! Beyond SQLite's methods, `VfsFile` has optional ones with default bodies, which
 //! `UnixFile` overrides to save work: `start_writeback` (`sync_file_range`, a hint during
-//! long copies), `shm_downgrade` (an exclusive shm lock turned shared in place) and
+//! long copies), `can_sync_shared` / `sync_shared` (an `fsync` through a shared
+//! reference, so the checkpoint can read its pages back while the fsync waits on the
+//! disk), `shm_downgrade` (an exclusive shm lock turned shared in place) and
 //! `shm_unlock_slots` (several shm locks released with one call). `unsafe` code lives in
 //! `shm` (the mapping) and `os` (the `sync_file_range` call) only.
 //!

@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fsqlite_error::Result;
+use fsqlite_error::{FrankenError, Result};
 use fsqlite_types::{AccessFlags, Cx, LockLevel, SyncFlags, VfsOpenFlags};
 
 use crate::shm::ShmRegion;
@@ -101,6 +101,26 @@ pub trait VfsFile: Send + Sync {
     /// Makes earlier writes durable (`fsync`, or `fdatasync` with `DATAONLY`).
     #[track_caller]
     fn sync(&mut self, cx: &Cx, flags: SyncFlags) -> Result<()>;
+
+    /// True when [`VfsFile::sync_shared`] can make this file's writes durable now.
+    /// Default: false.
+    fn can_sync_shared(&self) -> bool {
+        false
+    }
+
+    /// [`VfsFile::sync`] through a shared reference, so that other threads can read this
+    /// file while the sync waits on the disk (the checkpoint reads back the pages it
+    /// wrote beside the database fsync). Only for a file whose
+    /// [`VfsFile::can_sync_shared`] is true: the default is an error, and a file whose
+    /// `sync` has more to do than the system call (a new file's directory to sync) says
+    /// false until a `sync` has done it. Durability and errors are those of `sync`.
+    #[track_caller]
+    fn sync_shared(&self, _cx: &Cx, _flags: SyncFlags) -> Result<()> {
+        Err(FrankenError::internal(
+            "this file cannot sync through a shared reference (can_sync_shared is false); \
+             call sync",
+        ))
+    }
 
     /// Starts writing back dirty data in `offset .. offset + len` without waiting for it.
     ///

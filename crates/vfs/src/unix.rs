@@ -704,6 +704,20 @@ impl UnixFile {
         self.kill.as_deref()
     }
 
+    /// `fsync` (`fdatasync` with `DATAONLY`) of the file itself: the kill point and the
+    /// system call of [`VfsFile::sync`] and [`VfsFile::sync_shared`].
+    fn sync_file(&self, flags: SyncFlags) -> Result<()> {
+        let full = flags.is_full_fsync();
+        with_kill_point(self.kill(), KillOp::Sync, || {
+            if full {
+                self.file.sync_all()
+            } else {
+                self.file.sync_data()
+            }
+        })
+        .map_err(|e| self.io(if full { "fsync" } else { "fdatasync" }, e))
+    }
+
     /// One OFD lock request on the database file; `Ok(false)` on a conflict.
     fn db_lock(&self, op: &'static str, kind: LockKind, start: u64, len: u64) -> Result<bool> {
         os::ofd_setlk(&self.file, kind, start, len).map_err(|e| self.io(op, e))
@@ -936,15 +950,7 @@ impl VfsFile for UnixFile {
     }
 
     fn sync(&mut self, _cx: &Cx, flags: SyncFlags) -> Result<()> {
-        let full = flags.is_full_fsync();
-        with_kill_point(self.kill(), KillOp::Sync, || {
-            if full {
-                self.file.sync_all()
-            } else {
-                self.file.sync_data()
-            }
-        })
-        .map_err(|e| self.io(if full { "fsync" } else { "fdatasync" }, e))?;
+        self.sync_file(flags)?;
         if self.dir_sync_pending {
             os::sync_parent_dir(&self.path)
                 .map_err(|e| FrankenError::io("sync_dir", Some(os::parent_dir(&self.path)), e))?;
@@ -952,6 +958,21 @@ impl VfsFile for UnixFile {
             tracing::trace!(target: TRACE, path = %self.path.display(), "fsynced new file's directory");
         }
         Ok(())
+    }
+
+    fn can_sync_shared(&self) -> bool {
+        !self.dir_sync_pending
+    }
+
+    fn sync_shared(&self, _cx: &Cx, flags: SyncFlags) -> Result<()> {
+        if self.dir_sync_pending {
+            return Err(FrankenError::internal(format!(
+                "{} was created by this handle and its directory is not synced yet: call \
+                 sync (can_sync_shared is false)",
+                self.path.display()
+            )));
+        }
+        self.sync_file(flags)
     }
 
     fn start_writeback(&mut self, _cx: &Cx, offset: u64, len: u64) -> Result<()> {

@@ -42,13 +42,30 @@
 //!
 //! # The recovery barrier
 //!
-//! Then, in this order and unchanged by the above:
-//! [`crate::recovery_fence::ensure_db_fsync_before_wal_truncate`] (a **full** fsync of the
-//! database through the target, never retried) and, only after it returned, the read-back
-//! of every written page ([`crate::recovery_fence::verify_checkpoint_pages`], which reads
-//! and hashes on two threads when the pages are many). Any error (I/O, short WAL,
-//! cancellation, mismatch) is returned and the caller must leave the WAL and `nBackfill`
-//! as they were.
+//! Then a **full** fsync of the database (never retried) and the read-back of every
+//! written page ([`crate::recovery_fence::verify_checkpoint_pages`], which reads and
+//! hashes on two threads when the pages are many). Both must succeed before the call
+//! returns `Ok`, and the caller resets or truncates the WAL only after that. Any error
+//! (I/O, short WAL, cancellation, mismatch) is returned and the caller must leave the WAL
+//! and `nBackfill` as they were; a failed fsync is the error reported, whatever the pages
+//! read back as.
+//!
+//! - [`execute_checkpoint`] (any target) and [`execute_checkpoint_on_file`] on a file that
+//!   cannot sync through a shared reference (or with one thread, or fewer than
+//!   [`BARRIER_OVERLAP_MIN_BYTES`] of pages): the fsync
+//!   ([`crate::recovery_fence::ensure_db_fsync_before_wal_truncate`] /
+//!   [`fsync_db_file_full`]), then, once it returned, the read-back.
+//! - [`execute_checkpoint_on_file`] on a file whose [`VfsFile::can_sync_shared`] is true
+//!   (`UnixFile`), with two cores and at least [`BARRIER_OVERLAP_MIN_BYTES`] of pages: the
+//!   read-back runs on a scoped thread **while** the calling thread waits in the fsync
+//!   ([`crate::recovery_fence::fsync_db_file_full_shared`]), and the call returns when
+//!   both have ended. The read-back reads the page cache, which holds the same bytes
+//!   before and after the fsync returns, so it checks the same bytes and reaches the same
+//!   verdict; what ARCHITECTURE.md's invariant 2 asks (the WAL never reset or truncated
+//!   before the database is fully fsynced *and* checked) is kept, since the caller still
+//!   waits for both. The read-back's cost (a few ms per 16 MiB) hides behind the disk
+//!   wait (`docs/BENCHMARKS.md`, issue 19). [`CheckpointReport::barrier_overlapped`] says
+//!   which way it ran.
 //!
 //! # Memory
 //!
@@ -69,7 +86,7 @@ use crate::checkpoint::BackfillPlan;
 use crate::checksum::{WAL_FRAME_HEADER_SIZE, WAL_HEADER_SIZE, page_digest, read_page_checksum};
 use crate::recovery_fence::{
     ExpectedPageChecksum, PageVerifyMode, PageVerifyReport, fsync_db_file_full,
-    into_barrier_result, verify_checkpoint_pages_with,
+    fsync_db_file_full_shared, into_barrier_result, verify_checkpoint_pages_with,
 };
 
 /// The largest single WAL read the copy issues for consecutive frames.
@@ -90,6 +107,12 @@ pub const CHECKPOINT_PIPELINE_MIN_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Chunk buffers in flight between the WAL-reading thread and the writing thread.
 pub const CHECKPOINT_PIPELINE_BUFFERS: usize = 4;
+
+/// With [`CheckpointThreads::Auto`], a read-back of at least this many bytes of pages
+/// runs beside the database fsync when the file can sync through a shared reference
+/// ([`VfsFile::can_sync_shared`]); a smaller one, which takes about as long as starting a
+/// thread, runs after it.
+pub const BARRIER_OVERLAP_MIN_BYTES: u64 = 2 * 1024 * 1024;
 
 /// How many threads the copy and the read-back may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -377,10 +400,15 @@ pub struct CheckpointReport {
     pub write_time: Duration,
     /// Time truncating the database.
     pub truncate_time: Duration,
+    /// Wall time of the copy (reads, checksums and writes, overlapped or not, and the
+    /// truncation), before the fsync.
+    pub copy_time: Duration,
     /// Time in the database fsync.
     pub sync_time: Duration,
     /// Time reading back and verifying.
     pub verify_time: Duration,
+    /// Whether the read-back ran beside the database fsync (see the module doc).
+    pub barrier_overlapped: bool,
     /// Wall time of the whole call.
     pub total_time: Duration,
     /// The verification's findings (always a match when the call succeeded).
@@ -458,19 +486,84 @@ where
         let mut target = DbFileTarget::new(&mut *db_file, job.page_size)?;
         copy_phase(cx, wal, job, &mut target, threads)?
     };
-    let t = Instant::now();
-    fsync_db_file_full(cx, db_file).inspect_err(|e| {
-        tracing::error!(
-            target: "fsqlite.wal.checkpoint",
-            error = %e,
-            "database fsync failed; the WAL must not be truncated"
-        );
-    })?;
-    report.sync_time = t.elapsed();
-    verify_phase(cx, &*db_file, job, &expected, threads, &mut report)?;
+    if let Some(r) = barrier_overlapped(cx, &*db_file, job, &expected, threads, &mut report) {
+        r?;
+    } else {
+        let t = Instant::now();
+        fsync_db_file_full(cx, db_file).inspect_err(log_fsync_failure)?;
+        report.sync_time = t.elapsed();
+        verify_phase(cx, &*db_file, job, &expected, threads, &mut report)?;
+    }
     report.total_time = start.elapsed();
     log_report(&report);
     Ok(report)
+}
+
+fn log_fsync_failure(e: &FrankenError) {
+    tracing::error!(
+        target: "fsqlite.wal.checkpoint",
+        error = %e,
+        "database fsync failed; the WAL must not be truncated"
+    );
+}
+
+/// The recovery barrier with the read-back on a scoped thread while the calling thread
+/// waits for the database fsync (see the module doc). `None` when it does not apply
+/// (the file cannot sync through a shared reference, one thread or few pages, or the
+/// thread could not start): nothing was done, and the caller runs the barrier in order.
+fn barrier_overlapped<F: VfsFile + ?Sized>(
+    cx: &Cx,
+    db_file: &F,
+    job: &CheckpointJob<'_>,
+    expected: &[ExpectedPageChecksum],
+    threads: CheckpointThreads,
+    report: &mut CheckpointReport,
+) -> Option<Result<()>> {
+    let bytes = expected.len() as u64 * u64::from(job.page_size);
+    if !db_file.can_sync_shared() || !threads.use_two(bytes, BARRIER_OVERLAP_MIN_BYTES) {
+        return None;
+    }
+    std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new()
+            .name("fsqlite-ckpt-verify".to_owned())
+            .spawn_scoped(s, || {
+                let t = Instant::now();
+                let v = verify_checkpoint_pages_with(
+                    cx,
+                    db_file,
+                    job.page_size,
+                    expected,
+                    job.verify_mode,
+                    threads,
+                );
+                (v, t.elapsed())
+            });
+        let verifier = match spawned {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(
+                    target: "fsqlite.wal.checkpoint",
+                    error = %e,
+                    "could not start the read-back thread; fsync, then read back"
+                );
+                return None;
+            }
+        };
+        let t = Instant::now();
+        let synced = fsync_db_file_full_shared(cx, db_file);
+        report.sync_time = t.elapsed();
+        let (verified, verify_time) = verifier
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        report.verify_time = verify_time;
+        report.barrier_overlapped = true;
+        // Both must succeed; a failed fsync is the error reported, whatever the pages
+        // read back as.
+        Some(synced.inspect_err(log_fsync_failure).and_then(|()| {
+            report.verify = into_barrier_result(verified?)?;
+            Ok(())
+        }))
+    })
 }
 
 fn log_report(r: &CheckpointReport) {
@@ -480,11 +573,13 @@ fn log_report(r: &CheckpointReport) {
         runs = r.runs,
         wal_reads = r.wal_reads,
         pipelined = r.pipelined,
+        copy_us = r.copy_time.as_micros() as u64,
         read_us = r.read_time.as_micros() as u64,
         digest_us = r.digest_time.as_micros() as u64,
         write_us = r.write_time.as_micros() as u64,
         sync_us = r.sync_time.as_micros() as u64,
         verify_us = r.verify_time.as_micros() as u64,
+        overlapped = r.barrier_overlapped,
         total_us = r.total_time.as_micros() as u64,
         "checkpoint copy verified"
     );
@@ -686,6 +781,7 @@ fn copy_phase<T: CheckpointTarget + ?Sized>(
     target: &mut T,
     threads: CheckpointThreads,
 ) -> Result<(Vec<ExpectedPageChecksum>, CheckpointReport)> {
+    let start = Instant::now();
     let ps = PageSize::try_new(job.page_size)?.bytes();
     let chunk_pages = (CHECKPOINT_MAX_WRITE_BYTES / ps).max(1);
     let total_bytes = job.plan.page_count() * ps as u64;
@@ -725,6 +821,7 @@ fn copy_phase<T: CheckpointTarget + ?Sized>(
         report.truncate_time = t.elapsed();
         report.truncated_to_pages = Some(job.n_page);
     }
+    report.copy_time = start.elapsed();
     Ok((expected, report))
 }
 

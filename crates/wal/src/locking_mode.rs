@@ -79,6 +79,14 @@ impl<F: VfsFile> VfsFile for LockedDb<F> {
         self.file.start_writeback(cx, offset, len)
     }
 
+    fn can_sync_shared(&self) -> bool {
+        self.file.can_sync_shared()
+    }
+
+    fn sync_shared(&self, cx: &Cx, flags: SyncFlags) -> Result<()> {
+        self.file.sync_shared(cx, flags)
+    }
+
     fn file_size(&self, cx: &Cx) -> Result<u64> {
         self.file.file_size(cx)
     }

@@ -541,6 +541,14 @@ pub fn fsync_db_file_full(cx: &Cx, file: &mut (impl VfsFile + ?Sized)) -> Result
     file.sync(cx, SyncFlags::FULL)
 }
 
+/// [`fsync_db_file_full`] through a shared reference ([`VfsFile::sync_shared`]), for a
+/// file whose [`VfsFile::can_sync_shared`] is true, so that the read-back of the pages
+/// can run on another thread meanwhile. An error is returned as is, never retried.
+pub fn fsync_db_file_full_shared(cx: &Cx, file: &(impl VfsFile + ?Sized)) -> Result<()> {
+    cx.checkpoint()?;
+    file.sync_shared(cx, SyncFlags::FULL)
+}
+
 #[cfg(all(test, not(loom)))]
 pub(crate) mod test_support;
 #[cfg(all(test, not(loom)))]

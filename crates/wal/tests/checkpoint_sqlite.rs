@@ -174,6 +174,28 @@ fn byte_identical_65536() {
     restarted_wal(65_536, 0x000C_6553, 6, 3);
 }
 
+/// A WAL of about 6 MiB, so that our checkpoints copy on two threads and read the pages
+/// back beside the database fsync (`BARRIER_OVERLAP_MIN_BYTES`): still byte-identical.
+#[test]
+fn byte_identical_large_wal_read_back_beside_the_fsync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = SqliteWalDb::create(tmp.path(), "big.db", 4096).unwrap();
+    for _ in 0..48 {
+        db.exec(
+            "INSERT INTO t(v) SELECT randomblob(3500) FROM \
+             (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 32) \
+              SELECT x FROM c)",
+        )
+        .unwrap();
+    }
+    db.exec("UPDATE t SET v = randomblob(3000) WHERE id % 3 = 0")
+        .unwrap();
+    let wal_bytes = std::fs::metadata(wal_path(db.path())).unwrap().len();
+    assert!(wal_bytes > 5 << 20, "{wal_bytes}");
+    compare_all_modes("large WAL", &db, tmp.path());
+    db.close_without_checkpoint().unwrap();
+}
+
 #[test]
 fn byte_identical_after_vacuum_shrinks_the_database() {
     let tmp = tempfile::tempdir().unwrap();

@@ -836,3 +836,121 @@ fn two_thread_read_back_finds_what_one_thread_finds() {
         Err(FrankenError::Interrupted)
     ));
 }
+
+// ------------------------------------------------- the read-back beside the database fsync
+/// A checkpoint of `big_case(n)` into a fresh file prepared by `setup`, with `threads`.
+fn run_barrier(
+    n: u32,
+    threads: CheckpointThreads,
+    setup: impl FnOnce(&VecFile),
+) -> (Result<CheckpointReport>, VecFile) {
+    let cx = Cx::new();
+    let (wal, plan, n_page) = big_case(n, 64, false);
+    let j = job(&plan, n_page, PageVerifyMode::WholePage);
+    let mut db = VecFile::with_data(vec![0x55; 3 * PSU]);
+    setup(&db);
+    let r = execute_checkpoint_on_file_with(&cx, &wal, &j, &mut db, threads);
+    (r, db)
+}
+
+#[test]
+fn the_read_back_runs_beside_a_shared_fsync() {
+    let (r, db) = run_barrier(600, CheckpointThreads::Two, |f| {
+        f.set_shared_sync(std::time::Duration::ZERO);
+        f.set_sync_waits_for_read();
+    });
+    let rep = r.unwrap();
+    assert!(rep.barrier_overlapped);
+    assert!(rep.verify.is_match());
+    assert_eq!(rep.verify.pages_checked, rep.pages_written);
+    let ops = db.ops();
+    let pos = |pred: &dyn Fn(&Op) -> bool| ops.iter().position(pred);
+    let begin = pos(&|o| matches!(o, Op::SyncBegin)).unwrap();
+    let end = pos(&|o| matches!(o, Op::Sync { flags } if *flags == SyncFlags::FULL)).unwrap();
+    let last_write = ops
+        .iter()
+        .rposition(|o| matches!(o, Op::Write { .. } | Op::Truncate { .. }))
+        .unwrap();
+    assert!(
+        last_write < begin,
+        "every write and the truncate come first: {ops:?}"
+    );
+    // The fsync returns only once a read has begun during it (10 s at most): with the
+    // read-back after the fsync there would be none in between.
+    let reads: Vec<usize> = (0..ops.len())
+        .filter(|&i| matches!(ops[i], Op::Read { .. }))
+        .collect();
+    assert!(
+        reads.iter().any(|&i| begin < i && i < end),
+        "no read during the fsync: begin {begin}, end {end}, reads {reads:?}"
+    );
+    assert!(
+        reads.iter().all(|&i| begin < i),
+        "a read before the fsync began: {ops:?}"
+    );
+    // The same bytes as the checkpoint that reads back after its fsync.
+    let (r1, one) = run_barrier(600, CheckpointThreads::One, |_| {});
+    let rep1 = r1.unwrap();
+    assert!(!rep1.barrier_overlapped);
+    assert_eq!(db.data(), one.data());
+    assert_eq!(rep.verify.pages_checked, rep1.verify.pages_checked);
+}
+
+#[test]
+fn a_failed_shared_fsync_fails_the_checkpoint_although_the_pages_match() {
+    let (r, db) = run_barrier(300, CheckpointThreads::Two, |f| {
+        f.set_shared_sync(std::time::Duration::from_millis(20));
+        f.set_fail_sync(true);
+    });
+    assert!(matches!(r, Err(FrankenError::Io { .. })), "{r:?}");
+    let ops = db.ops();
+    assert!(ops.iter().any(|o| matches!(o, Op::Read { .. })));
+    assert_eq!(
+        ops.iter().filter(|o| matches!(o, Op::Sync { .. })).count(),
+        1,
+        "one fsync, never retried"
+    );
+}
+
+#[test]
+fn a_bad_page_read_beside_the_fsync_is_corruption_after_the_fsync_returned() {
+    // Byte 100 of page 2 reads back flipped.
+    let (r, db) = run_barrier(300, CheckpointThreads::Two, |f| {
+        f.set_shared_sync(std::time::Duration::from_millis(50));
+        f.set_flip_on_read(Some(PSU + 100));
+    });
+    match r {
+        Err(FrankenError::DatabaseCorrupt { detail }) => {
+            assert!(detail.contains("page 2"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The call returned only once the fsync had: it is in the log, last.
+    let ops = db.ops();
+    assert!(matches!(ops.last(), Some(Op::Sync { .. })), "{ops:?}");
+}
+
+#[test]
+fn the_barrier_keeps_its_order_without_a_shared_fsync_or_for_small_copies() {
+    // A file that cannot sync through a shared reference: fsync, then read back.
+    let (r, db) = run_barrier(300, CheckpointThreads::Two, |_| {});
+    assert!(!r.unwrap().barrier_overlapped);
+    let ops = db.ops();
+    let sync = ops
+        .iter()
+        .position(|o| matches!(o, Op::Sync { .. }))
+        .unwrap();
+    let first_read = ops
+        .iter()
+        .position(|o| matches!(o, Op::Read { .. }))
+        .unwrap();
+    assert!(sync < first_read, "{ops:?}");
+    // Auto with less than BARRIER_OVERLAP_MIN_BYTES of pages: in order as well.
+    let (r, db) = run_barrier(300, CheckpointThreads::Auto, |f| {
+        f.set_shared_sync(std::time::Duration::ZERO);
+    });
+    let rep = r.unwrap();
+    assert!(rep.bytes_written < BARRIER_OVERLAP_MIN_BYTES);
+    assert!(!rep.barrier_overlapped);
+    assert!(!db.ops().iter().any(|o| matches!(o, Op::SyncBegin)));
+}

@@ -12,12 +12,28 @@ use crate::checkpoint_executor::CheckpointTarget;
 /// One logged operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
-    Read { offset: u64, len: usize },
-    Write { offset: u64, len: usize },
-    Truncate { size: u64 },
-    Sync { flags: SyncFlags },
-    TargetWrite { page: u32 },
-    TargetTruncate { pages: u32 },
+    Read {
+        offset: u64,
+        len: usize,
+    },
+    Write {
+        offset: u64,
+        len: usize,
+    },
+    Truncate {
+        size: u64,
+    },
+    Sync {
+        flags: SyncFlags,
+    },
+    /// A `sync_shared` began (its end is logged as `Sync`).
+    SyncBegin,
+    TargetWrite {
+        page: u32,
+    },
+    TargetTruncate {
+        pages: u32,
+    },
     TargetSync,
 }
 
@@ -26,6 +42,15 @@ pub(crate) struct Shared {
     pub data: Vec<u8>,
     pub fail_sync: bool,
     pub fail_write: bool,
+    /// `can_sync_shared` answers this.
+    pub sync_shared_ok: bool,
+    /// `sync_shared` sleeps this long between `SyncBegin` and `Sync`.
+    pub sync_delay: std::time::Duration,
+    /// `sync_shared` also waits (10 s at most) until a read of this file has begun
+    /// after its `SyncBegin`.
+    pub sync_waits_for_read: bool,
+    /// Reads see byte `offset` flipped (the disk handing back a bad page).
+    pub flip_on_read: Option<usize>,
 }
 
 /// An in-memory file; clones are handles to the same bytes and the same log.
@@ -66,6 +91,33 @@ impl VecFile {
         self.shared.lock().unwrap().fail_write = v;
     }
 
+    /// Lets `sync_shared` work, sleeping `delay` inside it.
+    pub fn set_shared_sync(&self, delay: std::time::Duration) {
+        let mut s = self.shared.lock().unwrap();
+        s.sync_shared_ok = true;
+        s.sync_delay = delay;
+    }
+
+    /// `sync_shared` returns only once a read has begun during it (or after 10 s).
+    pub fn set_sync_waits_for_read(&self) {
+        self.shared.lock().unwrap().sync_waits_for_read = true;
+    }
+
+    pub fn set_flip_on_read(&self, at: Option<usize>) {
+        self.shared.lock().unwrap().flip_on_read = at;
+    }
+
+    fn sync_result(&self) -> Result<()> {
+        if self.shared.lock().unwrap().fail_sync {
+            return Err(FrankenError::io(
+                "fsync",
+                None,
+                std::io::Error::from_raw_os_error(5),
+            ));
+        }
+        Ok(())
+    }
+
     fn push(&self, op: Op) {
         self.log.lock().unwrap().push(op);
     }
@@ -82,6 +134,11 @@ impl VfsFile for VecFile {
         let n = (s.data.len() - start).min(buf.len());
         buf[..n].copy_from_slice(&s.data[start..start + n]);
         buf[n..].fill(0);
+        if let Some(at) = s.flip_on_read
+            && (start..start + n).contains(&at)
+        {
+            buf[at - start] ^= 0x40;
+        }
         Ok(n)
     }
 
@@ -114,14 +171,31 @@ impl VfsFile for VecFile {
 
     fn sync(&mut self, _cx: &Cx, flags: SyncFlags) -> Result<()> {
         self.push(Op::Sync { flags });
-        if self.shared.lock().unwrap().fail_sync {
-            return Err(FrankenError::io(
-                "fsync",
-                None,
-                std::io::Error::from_raw_os_error(5),
-            ));
+        self.sync_result()
+    }
+
+    fn can_sync_shared(&self) -> bool {
+        self.shared.lock().unwrap().sync_shared_ok
+    }
+
+    fn sync_shared(&self, _cx: &Cx, flags: SyncFlags) -> Result<()> {
+        self.push(Op::SyncBegin);
+        let (delay, wait) = {
+            let s = self.shared.lock().unwrap();
+            (s.sync_delay, s.sync_waits_for_read)
+        };
+        std::thread::sleep(delay);
+        let read_during = || {
+            let log = self.log.lock().unwrap();
+            let begin = log.iter().rposition(|o| matches!(o, Op::SyncBegin));
+            begin.is_some_and(|b| log[b..].iter().any(|o| matches!(o, Op::Read { .. })))
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while wait && !read_during() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        Ok(())
+        self.push(Op::Sync { flags });
+        self.sync_result()
     }
 
     fn file_size(&self, _cx: &Cx) -> Result<u64> {
