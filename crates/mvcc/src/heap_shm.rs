@@ -106,6 +106,10 @@ impl<F: VfsFile> VfsFile for HeapShmFile<F> {
         self.inner.read(cx, buf, offset)
     }
 
+    fn read_vectored(&self, cx: &Cx, bufs: &mut [&mut [u8]], offset: u64) -> Result<usize> {
+        self.inner.read_vectored(cx, bufs, offset)
+    }
+
     fn write(&mut self, cx: &Cx, buf: &[u8], offset: u64) -> Result<()> {
         self.inner.write(cx, buf, offset)
     }

@@ -142,8 +142,9 @@ pub const UNREACHED_REASONS: [(&str, &str); 7] = [
 ];
 
 /// The methods scanned for, with the operation they count as.
-const METHODS: [(&str, &str); 8] = [
+const METHODS: [(&str, &str); 9] = [
     ("read", "read"),
+    ("read_vectored", "read"),
     ("write", "write"),
     ("truncate", "truncate"),
     ("sync", "sync"),

@@ -90,6 +90,26 @@ pub trait VfsFile: Send + Sync {
     #[track_caller]
     fn read(&self, cx: &Cx, buf: &mut [u8], offset: u64) -> Result<usize>;
 
+    /// Reads the bytes from `offset` on into `bufs`, one after the other (a scatter read,
+    /// `preadv(2)`); returns the bytes read and zero-fills the rest of the buffers. The
+    /// checkpoint reads runs of WAL frames with it, pages straight into its write buffer
+    /// and frame headers aside.
+    ///
+    /// Default: one [`VfsFile::read`] of the whole extent into a temporary buffer, then
+    /// copied out, so a VFS that counts or fails reads sees one read as before.
+    #[track_caller]
+    fn read_vectored(&self, cx: &Cx, bufs: &mut [&mut [u8]], offset: u64) -> Result<usize> {
+        let total = bufs.iter().map(|b| b.len()).sum();
+        let mut tmp = vec![0u8; total];
+        let got = self.read(cx, &mut tmp, offset)?;
+        let mut at = 0;
+        for b in bufs.iter_mut() {
+            b.copy_from_slice(&tmp[at..at + b.len()]);
+            at += b.len();
+        }
+        Ok(got)
+    }
+
     /// Writes all of `buf` at `offset`.
     #[track_caller]
     fn write(&mut self, cx: &Cx, buf: &[u8], offset: u64) -> Result<()>;

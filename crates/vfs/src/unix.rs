@@ -931,6 +931,62 @@ impl VfsFile for UnixFile {
         Ok(done)
     }
 
+    fn read_vectored(&self, _cx: &Cx, bufs: &mut [&mut [u8]], offset: u64) -> Result<usize> {
+        // Linux's UIO_MAXIOV: more buffers take more calls.
+        const IOV_MAX: usize = 1024;
+        let mut done = 0usize;
+        // The first buffer not full yet, and how much of it is.
+        let (mut i, mut filled) = (0usize, 0usize);
+        while i < bufs.len() {
+            let Ok(at) = libc::off_t::try_from(offset + done as u64) else {
+                break;
+            };
+            let n = {
+                let count = IOV_MAX.min(bufs.len() - i);
+                let (head, tail) = bufs[i..].split_at_mut(1);
+                let mut iov = Vec::with_capacity(count);
+                iov.push(io::IoSliceMut::new(&mut head[0][filled..]));
+                for b in tail.iter_mut().take(IOV_MAX - 1) {
+                    iov.push(io::IoSliceMut::new(b));
+                }
+                match nix::sys::uio::preadv(&self.file, &mut iov, at) {
+                    Ok(n) => n,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(self.io("preadv", io::Error::from(e))),
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            done += n;
+            // Step over what this call filled.
+            let mut left = n;
+            while left > 0 && i < bufs.len() {
+                let room = bufs[i].len() - filled;
+                if left < room {
+                    filled += left;
+                    left = 0;
+                } else {
+                    left -= room;
+                    i += 1;
+                    filled = 0;
+                }
+            }
+            while i < bufs.len() && bufs[i].len() == filled {
+                i += 1;
+                filled = 0;
+            }
+        }
+        // Past the end of the file: zeros.
+        if let Some((first, rest)) = bufs.get_mut(i..).and_then(|b| b.split_first_mut()) {
+            first[filled..].fill(0);
+            for b in rest {
+                b.fill(0);
+            }
+        }
+        Ok(done)
+    }
+
     fn write(&mut self, _cx: &Cx, buf: &[u8], offset: u64) -> Result<()> {
         if self.readonly {
             return Err(FrankenError::ReadOnly);

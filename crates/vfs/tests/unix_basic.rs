@@ -451,3 +451,85 @@ fn types_are_send_sync_clone_default() {
     assert_eq!(w.name(), "unix");
     assert_eq!(w.current_pid(), std::process::id());
 }
+
+/// `UnixFile::read_vectored` (`preadv`) against the trait's default (one `read`, copied
+/// out) on the same file: the same bytes in every buffer and the same count, for splits
+/// with empty buffers, more buffers than one `preadv` takes (1,024), and extents that
+/// run past the end of the file or start beyond it (zero-filled).
+#[test]
+fn read_vectored_matches_one_read_copied_out() {
+    struct Plain<'a>(&'a UnixFile);
+    impl VfsFile for Plain<'_> {
+        fn read(&self, cx: &Cx, buf: &mut [u8], offset: u64) -> fsqlite_error::Result<usize> {
+            self.0.read(cx, buf, offset)
+        }
+        fn write(&mut self, _: &Cx, _: &[u8], _: u64) -> fsqlite_error::Result<()> {
+            unreachable!()
+        }
+        fn truncate(&mut self, _: &Cx, _: u64) -> fsqlite_error::Result<()> {
+            unreachable!()
+        }
+        fn sync(&mut self, _: &Cx, _: SyncFlags) -> fsqlite_error::Result<()> {
+            unreachable!()
+        }
+        fn file_size(&self, cx: &Cx) -> fsqlite_error::Result<u64> {
+            self.0.file_size(cx)
+        }
+        fn lock(&mut self, _: &Cx, _: LockLevel) -> fsqlite_error::Result<()> {
+            unreachable!()
+        }
+        fn unlock(&mut self, _: &Cx, _: LockLevel) -> fsqlite_error::Result<()> {
+            unreachable!()
+        }
+        fn check_reserved_lock(&self, _: &Cx) -> fsqlite_error::Result<bool> {
+            unreachable!()
+        }
+        fn shm_map(
+            &mut self,
+            _: &Cx,
+            _: u32,
+            _: u32,
+            _: bool,
+        ) -> fsqlite_error::Result<Option<fsqlite_vfs::ShmRegion>> {
+            unreachable!()
+        }
+        fn shm_lock(&mut self, _: &Cx, _: u32, _: u32, _: u32) -> fsqlite_error::Result<()> {
+            unreachable!()
+        }
+        fn shm_unmap(&mut self, _: &Cx, _: bool) -> fsqlite_error::Result<()> {
+            unreachable!()
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("v.db");
+    let cx = Cx::new();
+    let vfs = UnixVfs::new();
+    let mut f = open(&vfs, &p);
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    f.write(&cx, &data, 0).unwrap();
+    let plain = Plain(&f);
+    // (buffer sizes, offset)
+    let cases: Vec<(Vec<usize>, u64)> = vec![
+        (vec![10, 0, 24, 4096, 0, 24, 4096], 0),
+        (vec![4096; 30], 7),
+        (vec![24, 4096, 24, 4096], 99_000), // runs past the end
+        (vec![5, 6], 200_000),              // starts past the end
+        (vec![0, 0], 3),
+        (vec![1; 2_500], 12_345), // three preadv calls
+        ((0..300).map(|i| i % 97).collect(), 50_000),
+    ];
+    for (sizes, offset) in cases {
+        let mut a: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0xEE; n]).collect();
+        let mut b = a.clone();
+        let mut ra: Vec<&mut [u8]> = a.iter_mut().map(Vec::as_mut_slice).collect();
+        let mut rb: Vec<&mut [u8]> = b.iter_mut().map(Vec::as_mut_slice).collect();
+        let got_a = f.read_vectored(&cx, &mut ra, offset).unwrap();
+        let got_b = plain.read_vectored(&cx, &mut rb, offset).unwrap();
+        let total: usize = sizes.iter().sum();
+        let want = (data.len() as u64).saturating_sub(offset).min(total as u64) as usize;
+        assert_eq!(got_a, want, "sizes {sizes:?} at {offset}");
+        assert_eq!(got_b, want, "default, sizes {sizes:?} at {offset}");
+        assert_eq!(a, b, "sizes {sizes:?} at {offset}");
+    }
+}

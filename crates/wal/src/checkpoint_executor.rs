@@ -21,9 +21,11 @@
 //! The runs of adjacent pages (ascending page order) are cut into **chunks** of at most
 //! [`CHECKPOINT_MAX_WRITE_BYTES`] (at least one page; the plans `Wal` builds have runs of
 //! at most that size, so there a chunk is a run). For each chunk: the frames that hold it
-//! are read, frames that are consecutive in the WAL with one `read` of at most
-//! [`CHECKPOINT_MAX_WAL_READ_BYTES`] (into a reused buffer, then copied out), a lone frame
-//! straight into the chunk's buffer; the expected checksum of each page is recorded (the
+//! are read, frames that are consecutive in the WAL with one scatter read
+//! ([`VfsFile::read_vectored`], `preadv` on `UnixFile`) of at most
+//! [`CHECKPOINT_MAX_WAL_READ_BYTES`] that puts each page straight into the chunk's buffer
+//! and the frame headers between them aside (no copy of the pages in user space), a lone
+//! frame with one `read` straight into the chunk's buffer; the expected checksum of each page is recorded (the
 //! whole-page xxh3-128 digest, or in trailer mode the page's trailer); then the chunk is
 //! written with **one** [`CheckpointTarget::write_pages`] call. Chunks are written in
 //! plan order. When the copy is complete the database is truncated to `n_page` pages.
@@ -70,9 +72,10 @@
 //! # Memory
 //!
 //! Whatever the WAL size: at most [`CHECKPOINT_PIPELINE_BUFFERS`] chunk buffers (one on a
-//! single thread) and one WAL read buffer, each about 1 MiB, plus the expected checksums
-//! (24 bytes per copied page; the plan itself holds 4). No allocation per frame or per
-//! chunk once the buffers have grown.
+//! single thread), each about 1 MiB, one buffer for the frame headers of a read (24 bytes
+//! per frame) and one list of read buffers per read (16 bytes per frame), plus the
+//! expected checksums (24 bytes per copied page; the plan itself holds 4). No allocation
+//! per frame.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -392,7 +395,7 @@ pub struct CheckpointReport {
     pub truncated_to_pages: Option<u32>,
     /// Whether the copy ran as a two-thread pipeline.
     pub pipelined: bool,
-    /// Time reading frames from the WAL (and copying them out of the read buffer).
+    /// Time reading frames from the WAL.
     pub read_time: Duration,
     /// Time computing the expected checksums.
     pub digest_time: Duration,
@@ -639,7 +642,8 @@ struct WalReader<'w, W: VfsFile + ?Sized> {
     frame_size: usize,
     max_frames_per_read: usize,
     mode: PageVerifyMode,
-    /// The buffer for reads of several consecutive frames (headers included).
+    /// Where a read of several consecutive frames puts the frame headers between their
+    /// pages.
     rbuf: Vec<u8>,
     expected: Vec<ExpectedPageChecksum>,
     reads: u64,
@@ -691,22 +695,30 @@ impl<'w, W: VfsFile + ?Sized> WalReader<'w, W> {
             }
             let off = wal_frame_data_offset(first_frame, self.page_size);
             if m == 1 {
-                self.read(
-                    cx,
-                    OutBuf::Chunk(&mut out[k * ps..(k + 1) * ps]),
-                    off,
-                    first_frame,
-                )?;
+                self.read(cx, &mut out[k * ps..(k + 1) * ps], off, first_frame)?;
             } else {
-                let span = (m - 1) * self.frame_size + ps;
-                if self.rbuf.len() < span {
-                    self.rbuf.resize(span, 0);
+                // One scatter read: each page straight into `out`, the frame header
+                // between two pages into the scratch buffer.
+                let headers = (m - 1) * WAL_FRAME_HEADER_SIZE;
+                if self.rbuf.len() < headers {
+                    self.rbuf.resize(headers, 0);
                 }
-                self.read(cx, OutBuf::Span(span), off, first_frame)?;
+                let mut pages = out[k * ps..(k + m) * ps].chunks_exact_mut(ps);
+                let mut heads = self.rbuf[..headers].chunks_exact_mut(WAL_FRAME_HEADER_SIZE);
+                let mut bufs: Vec<&mut [u8]> = Vec::with_capacity(2 * m - 1);
                 for q in 0..m {
-                    let src = q * self.frame_size;
-                    out[(k + q) * ps..(k + q + 1) * ps].copy_from_slice(&self.rbuf[src..src + ps]);
+                    if q > 0
+                        && let Some(h) = heads.next()
+                    {
+                        bufs.push(h);
+                    }
+                    if let Some(p) = pages.next() {
+                        bufs.push(p);
+                    }
                 }
+                let span = (m - 1) * self.frame_size + ps;
+                let got = self.wal.read_vectored(cx, &mut bufs, off)?;
+                self.count_read(got, span, off, first_frame)?;
             }
             k += m;
         }
@@ -735,22 +747,22 @@ impl<'w, W: VfsFile + ?Sized> WalReader<'w, W> {
         Ok(())
     }
 
-    /// One WAL read into the chunk buffer or the first `span` bytes of the read buffer;
-    /// a short read means the WAL-index points past the file.
-    fn read(&mut self, cx: &Cx, to: OutBuf<'_>, offset: u64, first_frame: u32) -> Result<()> {
-        let buf = match to {
-            OutBuf::Chunk(b) => b,
-            OutBuf::Span(n) => &mut self.rbuf[..n],
-        };
+    /// One WAL read straight into (part of) a chunk buffer.
+    fn read(&mut self, cx: &Cx, buf: &mut [u8], offset: u64, first_frame: u32) -> Result<()> {
         let got = self.wal.read(cx, buf, offset)?;
+        self.count_read(got, buf.len(), offset, first_frame)
+    }
+
+    /// Counts a read of `len` bytes at `offset` that returned `got`; a short read means
+    /// the WAL-index points past the file.
+    fn count_read(&mut self, got: usize, len: usize, offset: u64, first_frame: u32) -> Result<()> {
         self.reads += 1;
-        self.bytes_read += buf.len() as u64;
-        if got < buf.len() {
+        self.bytes_read += len as u64;
+        if got < len {
             return Err(FrankenError::wal_corrupt(format!(
                 "the WAL ends at byte {} while reading the data of frame {first_frame} and its \
-                 successors ({} bytes from offset {offset}), although the WAL-index lists them",
+                 successors ({len} bytes from offset {offset}), although the WAL-index lists them",
                 offset + got as u64,
-                buf.len()
             )));
         }
         Ok(())
@@ -764,14 +776,6 @@ impl<'w, W: VfsFile + ?Sized> WalReader<'w, W> {
         report.digest_time += self.digest_time;
         self.expected
     }
-}
-
-/// Where [`WalReader::read`] puts the bytes.
-enum OutBuf<'a> {
-    /// Straight into (part of) a chunk buffer.
-    Chunk(&'a mut [u8]),
-    /// Into the first `n` bytes of the reader's own buffer.
-    Span(usize),
 }
 
 fn copy_phase<T: CheckpointTarget + ?Sized>(

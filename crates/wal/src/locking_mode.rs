@@ -63,6 +63,10 @@ impl<F: VfsFile> VfsFile for LockedDb<F> {
         self.file.read(cx, buf, offset)
     }
 
+    fn read_vectored(&self, cx: &Cx, bufs: &mut [&mut [u8]], offset: u64) -> Result<usize> {
+        self.file.read_vectored(cx, bufs, offset)
+    }
+
     fn write(&mut self, cx: &Cx, buf: &[u8], offset: u64) -> Result<()> {
         self.file.write(cx, buf, offset)
     }
