@@ -529,18 +529,7 @@ fn barrier_overlapped<F: VfsFile + ?Sized>(
     std::thread::scope(|s| {
         let spawned = std::thread::Builder::new()
             .name("fsqlite-ckpt-verify".to_owned())
-            .spawn_scoped(s, || {
-                let t = Instant::now();
-                let v = verify_checkpoint_pages_with(
-                    cx,
-                    db_file,
-                    job.page_size,
-                    expected,
-                    job.verify_mode,
-                    threads,
-                );
-                (v, t.elapsed())
-            });
+            .spawn_scoped(s, || read_back(cx, db_file, job, expected, threads));
         let verifier = match spawned {
             Ok(h) => h,
             Err(e) => {
@@ -596,6 +585,20 @@ fn verify_phase(
     threads: CheckpointThreads,
     report: &mut CheckpointReport,
 ) -> Result<()> {
+    let (v, verify_time) = read_back(cx, db_file, job, expected, threads);
+    report.verify_time = verify_time;
+    report.verify = into_barrier_result(v?)?;
+    Ok(())
+}
+
+/// Reads back and checks the written pages; returns the findings and the time taken.
+fn read_back(
+    cx: &Cx,
+    db_file: &(impl VfsFile + ?Sized),
+    job: &CheckpointJob<'_>,
+    expected: &[ExpectedPageChecksum],
+    threads: CheckpointThreads,
+) -> (Result<PageVerifyReport>, Duration) {
     let t = Instant::now();
     let v = verify_checkpoint_pages_with(
         cx,
@@ -604,10 +607,8 @@ fn verify_phase(
         expected,
         job.verify_mode,
         threads,
-    )?;
-    report.verify_time = t.elapsed();
-    report.verify = into_barrier_result(v)?;
-    Ok(())
+    );
+    (v, t.elapsed())
 }
 
 /// One piece of a run: its first page and the frames holding its pages, in page order.

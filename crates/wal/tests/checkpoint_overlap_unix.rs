@@ -17,16 +17,10 @@ use fsqlite_wal::recovery_fence::PageVerifyMode;
 const PS: usize = 4096;
 const PAGES: u32 = 1024; // 4 MiB, above BARRIER_OVERLAP_MIN_BYTES
 
+mod common;
+
 fn page(p: u32) -> Vec<u8> {
-    let mut x = u64::from(p).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..PS)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::page_bytes(PS, p, 1)
 }
 
 /// A WAL image whose frame `i` holds page `i` (the executor reads only page data), and
