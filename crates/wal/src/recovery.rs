@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! caller holds WRITE, CKPT and RECOVER (and the in-process RecoveryFence)
-//! scan the WAL's valid prefix (WalFile::scan: 1 MiB chunks, or two threads on a large
+//! scan the WAL's valid prefix (WalFile::scan: 256 KiB chunks, or two threads on a large
 //!   WAL); index every valid frame (uncommitted tail included, as SQLite does) into ONE
 //!   private region buffer (RegionBuilder: plain bytes, no atomics, walIndexAppend)
 //! when a frame starts the next region, and after the scan: copy the finished region into

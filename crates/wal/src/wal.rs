@@ -23,7 +23,7 @@
 //! if file_size <= 32 or the header fails magic / page size / checksum:  empty WAL (Ok)
 //! if the header is intact but version != 3007000:                      Err(CannotOpen)
 //! c = header.checksum
-//! for i in 1 ..= (file_size - 32) / (page_size + 24):      // read ~1 MiB of frames at a time
+//! for i in 1 ..= (file_size - 32) / (page_size + 24):      // read ~256 KiB of frames at a time
 //!     stop unless frame.salt == header.salt                // SaltMismatch
 //!     stop if frame.page_number == 0                       // ZeroPageNumber
 //!     c = checksum(frame.page, checksum(frame.header[0..8], c))
@@ -79,8 +79,11 @@ use crate::format::{
 };
 use crate::scan_parallel::{self, PARALLEL_MIN_BYTES, ParallelPlan};
 
-/// Bytes read per I/O call while scanning (rounded down to whole frames, at least one).
-pub const SCAN_CHUNK_BYTES: usize = 1 << 20;
+/// Bytes read per I/O call while scanning (rounded down to whole frames, at least one):
+/// small enough that a chunk is still in the core's L2 cache when the checksum reads it
+/// after the `pread` (1 MiB chunks were 30–40 % slower on a 4 MiB WAL on the 512 KiB-L2
+/// AMD host, `docs/BENCHMARKS.md`), as [`crate::scan_parallel`]'s chunks are.
+pub const SCAN_CHUNK_BYTES: usize = 256 << 10;
 /// Bytes written per I/O call while appending (rounded down to whole frames, at least one).
 pub const APPEND_CHUNK_BYTES: usize = 1 << 20;
 
