@@ -82,7 +82,7 @@ use crate::scan_parallel::{self, PARALLEL_MIN_BYTES, ParallelPlan};
 /// Bytes read per I/O call while scanning (rounded down to whole frames, at least one):
 /// small enough that a chunk is still in the core's L2 cache when the checksum reads it
 /// after the `pread` (1 MiB chunks were 30–40 % slower on a 4 MiB WAL on the 512 KiB-L2
-/// AMD host, `docs/BENCHMARKS.md`), as [`crate::scan_parallel`]'s chunks are.
+/// AMD host, `docs/BENCHMARKS.md`), as the two-thread loop's chunks are.
 pub const SCAN_CHUNK_BYTES: usize = 256 << 10;
 /// Bytes written per I/O call while appending (rounded down to whole frames, at least one).
 pub const APPEND_CHUNK_BYTES: usize = 1 << 20;
