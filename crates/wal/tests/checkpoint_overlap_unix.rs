@@ -146,14 +146,7 @@ fn kill9_at_every_fsync_of_an_overlapped_checkpoint_loses_nothing() {
 
     let tmp = tempfile::tempdir().unwrap();
     let src = SqliteWalDb::create(tmp.path(), "src.db", 4096).unwrap();
-    for _ in 0..48 {
-        src.exec(
-            "INSERT INTO t(v) SELECT randomblob(3500) FROM \
-             (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 32) \
-              SELECT x FROM c)",
-        )
-        .unwrap();
-    }
+    common::fill_large_wal(&src);
     let src_db = src.path().to_path_buf();
     src.close_without_checkpoint().unwrap();
     let digest = table_digest(&copy_db(&src_db, tmp.path(), "digest.db"), "t").unwrap();

@@ -18,6 +18,8 @@
 //!   `READ_LOCK(0)`) while another connection commits: no checkpoint can copy; PASSIVE
 //!   is not busy (SQLite turns the busy `READ_LOCK(0)` into success), the others are.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,14 +182,7 @@ fn byte_identical_65536() {
 fn byte_identical_large_wal_read_back_beside_the_fsync() {
     let tmp = tempfile::tempdir().unwrap();
     let db = SqliteWalDb::create(tmp.path(), "big.db", 4096).unwrap();
-    for _ in 0..48 {
-        db.exec(
-            "INSERT INTO t(v) SELECT randomblob(3500) FROM \
-             (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 32) \
-              SELECT x FROM c)",
-        )
-        .unwrap();
-    }
+    common::fill_large_wal(&db);
     db.exec("UPDATE t SET v = randomblob(3000) WHERE id % 3 = 0")
         .unwrap();
     let wal_bytes = std::fs::metadata(wal_path(db.path())).unwrap().len();

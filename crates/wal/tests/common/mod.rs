@@ -179,3 +179,17 @@ pub fn page_bytes(page_size: usize, page: u32, version: u32) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Fills the table `t` of a SQLite-written database with 48 commits of 32 rows of
+/// 3,500 random bytes: a WAL of about 6 MiB (4 KiB pages), above
+/// `BARRIER_OVERLAP_MIN_BYTES`, so checkpoints of it read back beside the fsync.
+pub fn fill_large_wal(db: &fsqlite_testkit::sqlite::SqliteWalDb) {
+    for _ in 0..48 {
+        db.exec(
+            "INSERT INTO t(v) SELECT randomblob(3500) FROM \
+             (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 32) \
+              SELECT x FROM c)",
+        )
+        .unwrap();
+    }
+}
